@@ -1,0 +1,18 @@
+# isotox: NSCLC DICOM studies -> isotoxic radiotherapy prescriptions -> trial outcome tables.
+# Thin entry point: the stages live in workflow/rules/, the science in src/isotox/.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/sample.smk"
+
+
+rule all:
+    input:
+        cohort_targets(),
+    default_target: True

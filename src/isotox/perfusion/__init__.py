@@ -1,0 +1,1 @@
+"""DCE-CT perfusion: arterial input functions and tracer-kinetic models."""

@@ -1,0 +1,267 @@
+"""The analytic thorax of one synthetic patient, evaluated at any physical points.
+
+Every modality (planning CT, PET/CT sessions in other poses, DCE-CT) samples this one model,
+so the truth is known exactly: structure volumes, tumour shape, where the hypoxic sub-volume
+lies. Patient coordinates are LPS mm with the origin on the body axis near the carina.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+import numpy as np
+from numpy.polynomial import legendre
+from numpy.typing import NDArray
+
+from isotox.sample import levelsets as ls
+
+Points = NDArray[np.float64]
+
+
+class Tissue(IntEnum):
+    """Tissue classes; painting order is the enum order (later classes overwrite earlier ones)."""
+
+    AIR = 0
+    SOFT = 1
+    FAT = 2
+    MEDIASTINAL_FAT = 3
+    LUNG = 4
+    RIB = 5
+    MYOCARDIUM = 6
+    BLOOD = 7
+    AIRWAY_WALL = 8
+    AIRWAY_LUMEN = 9
+    ESOPHAGUS = 10
+    VERTEBRA = 11
+    DISC = 12
+    POSTERIOR_ELEMENTS = 13
+    CANAL = 14
+    CORD = 15
+    NODE = 16
+    TUMOUR_VIABLE = 17
+    TUMOUR_NECROTIC = 18
+    TUMOUR_HYPOXIC = 19
+
+
+TUMOUR_TISSUES = (Tissue.TUMOUR_VIABLE, Tissue.TUMOUR_NECROTIC, Tissue.TUMOUR_HYPOXIC)
+
+
+@dataclass(frozen=True)
+class TumourShape:
+    """Star-shaped lobulated tumour: radius ``r0 (1 + sum a_k P_lk(u . v_k))`` along unit direction u."""
+
+    centre: tuple[float, float, float]
+    r0: float
+    amplitudes: tuple[float, ...]
+    degrees: tuple[int, ...]
+    axes: tuple[tuple[float, float, float], ...]
+
+    def radius(self, u: NDArray[np.float64]) -> NDArray[np.float64]:
+        r = np.ones(u.shape[:-1])
+        for a, l, v in zip(self.amplitudes, self.degrees, self.axes):
+            coef = np.zeros(l + 1)
+            coef[l] = 1.0
+            r = r + a * legendre.legval(u @ np.asarray(v), coef)
+        return self.r0 * r
+
+    def normalised_radius(self, p: Points) -> NDArray[np.float64]:
+        """|p - c| / R(direction): < 1 inside, 0 at the centre."""
+        d = p - np.asarray(self.centre)
+        dist = np.linalg.norm(d, axis=-1)
+        u = d / np.maximum(dist, 1e-9)[..., None]
+        return dist / self.radius(u)
+
+    def levelset(self, p: Points) -> NDArray[np.float64]:
+        d = p - np.asarray(self.centre)
+        dist = np.linalg.norm(d, axis=-1)
+        u = d / np.maximum(dist, 1e-9)[..., None]
+        return dist - self.radius(u)
+
+    def volume_cc(self, n_dirs: int = 40000) -> float:
+        """Exact volume by quadrature over directions: V = (4 pi / 3) mean(R^3)."""
+        i = np.arange(n_dirs) + 0.5
+        phi = np.arccos(1 - 2 * i / n_dirs)
+        theta = np.pi * (1 + 5**0.5) * i
+        u = np.stack([np.cos(theta) * np.sin(phi), np.sin(theta) * np.sin(phi), np.cos(phi)], axis=-1)
+        return float(4.0 / 3.0 * np.pi * np.mean(self.radius(u) ** 3) / 1000.0)
+
+
+@dataclass(frozen=True)
+class AnatomyParams:
+    """Everything that varies between synthetic patients (all lengths in mm)."""
+
+    body_a: float
+    body_b: float
+    lung_scale: float
+    heart_centre: tuple[float, float, float]
+    heart_radii: tuple[float, float, float]
+    tumour: TumourShape
+    histology: str
+    necrotic_fraction: float  # radius fraction of the necrotic core (0 = none)
+    hypoxic_centre: tuple[float, float, float]
+    hypoxic_radius: float
+    node_centre: tuple[float, float, float] | None
+    node_radius: float
+    texture_waves: NDArray[np.float64] = field(repr=False)  # (n, 5): kx, ky, kz, phase, amplitude
+
+
+def _unit(rng: np.random.Generator) -> tuple[float, float, float]:
+    v = rng.normal(size=3)
+    v /= np.linalg.norm(v)
+    return (float(v[0]), float(v[1]), float(v[2]))
+
+
+def lung_ellipsoids(body_a: float, body_b: float, scale: float) -> dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]]:
+    """Centres and radii of the raw right/left lung ellipsoids (before carving)."""
+    return {
+        "LUNG_R": ((-0.47 * body_a, 0.02 * body_b, 8.0), (0.36 * body_a * scale, 0.74 * body_b * scale, 100.0 * scale)),
+        "LUNG_L": ((0.49 * body_a, 0.05 * body_b, 4.0), (0.33 * body_a * scale, 0.70 * body_b * scale, 96.0 * scale)),
+    }
+
+
+def draw_anatomy(rng: np.random.Generator, histology: str, with_node: bool) -> AnatomyParams:
+    """Draw one patient's anatomy; the tumour sits inside a lung, away from the chest wall."""
+    body_a = float(rng.uniform(150, 180))
+    body_b = float(rng.uniform(100, 120))
+    lung_scale = float(rng.uniform(0.92, 1.06))
+    heart_centre = (float(0.12 * body_a + rng.uniform(-5, 5)), float(-0.30 * body_b), float(rng.uniform(-60, -45)))
+    heart_radii = (float(rng.uniform(52, 62)), float(rng.uniform(42, 50)), float(rng.uniform(46, 56)))
+
+    side = "LUNG_R" if rng.random() < 0.55 else "LUNG_L"
+    centre, radii = lung_ellipsoids(body_a, body_b, lung_scale)[side]
+    volume_cc = float(np.clip(rng.lognormal(np.log(28.0), 0.55), 6.0, 120.0))
+    r0 = (3 * volume_cc * 1000 / (4 * np.pi)) ** (1 / 3)
+    while True:  # a point inside the lung with room for the tumour (rejection sampling)
+        q = rng.uniform(-1, 1, size=3) * np.array([0.45, 0.5, 0.45])
+        c = np.asarray(centre) + q * np.asarray(radii)
+        c[2] = np.clip(c[2], -25.0, 55.0)
+        margin = np.asarray(radii) - np.abs(c - np.asarray(centre)) - 1.3 * r0
+        if np.all(margin[:2] > 0) and np.linalg.norm((c - np.asarray(centre)) / np.asarray(radii)) < 0.7:
+            break
+    if histology == "adenocarcinoma":
+        amps, degs = (0.10, 0.08, 0.06, 0.035, 0.03), (2, 3, 4, 8, 10)
+        necrotic = 0.0
+    elif histology == "squamous":
+        amps, degs = (0.08, 0.05), (2, 3)
+        necrotic = float(rng.uniform(0.35, 0.5))
+    else:
+        amps, degs = (0.09, 0.06, 0.04), (2, 3, 5)
+        necrotic = float(rng.uniform(0.0, 0.4)) if rng.random() < 0.5 else 0.0
+    signs = rng.choice([-1.0, 1.0], size=len(amps))
+    tumour = TumourShape(
+        centre=(float(c[0]), float(c[1]), float(c[2])),
+        r0=float(r0),
+        amplitudes=tuple(float(a * s) for a, s in zip(amps, signs)),
+        degrees=degs,
+        axes=tuple(_unit(rng) for _ in amps),
+    )
+    hyp_dir = np.asarray(_unit(rng))
+    hypoxic_centre = tuple(float(v) for v in c + hyp_dir * 0.3 * r0)
+    node_centre = None
+    if with_node:
+        node_centre = (float(np.sign(c[0]) * 32.0 + rng.uniform(-3, 3)), float(18.0 + rng.uniform(-4, 4)), float(rng.uniform(-2, 12)))
+    waves = np.column_stack([
+        rng.normal(scale=2 * np.pi / 25.0, size=(16, 3)),
+        rng.uniform(0, 2 * np.pi, size=16),
+        rng.uniform(0.5, 1.0, size=16),
+    ])
+    return AnatomyParams(
+        body_a=body_a, body_b=body_b, lung_scale=lung_scale,
+        heart_centre=heart_centre, heart_radii=heart_radii,
+        tumour=tumour, histology=histology, necrotic_fraction=necrotic,
+        hypoxic_centre=hypoxic_centre,  # type: ignore[arg-type]
+        hypoxic_radius=float(rng.uniform(0.55, 0.75) * r0),
+        node_centre=node_centre, node_radius=float(rng.uniform(7.5, 10.5)),
+        texture_waves=waves,
+    )
+
+
+@dataclass
+class AnatomySample:
+    """The model evaluated at a set of points."""
+
+    tissue: NDArray[np.uint8]
+    rho: NDArray[np.float64]  # normalised tumour radius (FDG heterogeneity)
+    texture: NDArray[np.float64]  # smooth zero-mean field in [-1, 1] (lung vessels, soft-tissue texture)
+    structures: dict[str, NDArray[np.float64]]  # level sets of the contoured structures
+
+
+class Anatomy:
+    """Evaluates one patient's :class:`AnatomyParams` at physical points (LPS mm)."""
+
+    #: RTSTRUCT structures (canonical names) and their RT ROI interpreted types.
+    CONTOURED = {
+        "BODY": "EXTERNAL", "LUNG_L": "ORGAN", "LUNG_R": "ORGAN", "SPINAL_CORD": "ORGAN",
+        "ESOPHAGUS": "ORGAN", "HEART": "ORGAN", "AORTA": "ORGAN", "GTV": "GTV", "GTV_NODE": "GTV",
+    }
+
+    def __init__(self, params: AnatomyParams) -> None:
+        self.p = params
+        a, b = params.body_a, params.body_b
+        # posterior structures are placed relative to the back of the body (y = b)
+        self.y_vertebra, self.y_canal, self.y_posterior = b - 58.0, b - 31.0, b - 21.0
+        y_desc, y_eso = b - 74.0, b - 82.0
+        arch_centre_y, arch_radius = (y_desc - 30.0) / 2.0, (y_desc + 30.0) / 2.0
+        arch = ls.arc((0.0, arch_centre_y, 30.0), arch_radius, 0.0, 180.0, "yz")  # posterior over the top to anterior
+        arch[:, 0] = np.linspace(28.0, 6.0, len(arch))
+        self.aorta_line = np.vstack([[[28.0, y_desc, -200.0]], arch, [[6.0, -30.0, params.heart_centre[2] + 20.0]]])
+        self.trachea_line = np.array([[0.0, 2.0, 200.0], [0.0, 6.0, 22.0]])
+        self.bronchi = [np.array([[0.0, 6.0, 22.0], [-48.0, 12.0, -8.0]]), np.array([[0.0, 6.0, 22.0], [48.0, 14.0, -10.0]])]
+        self.esophagus_line = np.array([[-8.0, y_eso - 6, 200.0], [-6.0, y_eso, 20.0], [2.0, y_eso + 2, -60.0], [12.0, y_eso - 10, -200.0]])
+        self.lungs = lung_ellipsoids(a, b, params.lung_scale)
+
+    def evaluate(self, p: Points) -> AnatomySample:
+        P = self.p
+        a, b = P.body_a, P.body_b
+        body = ls.elliptic_cylinder(p, 0.0, 0.0, a, b)
+        inner = ls.elliptic_cylinder(p, 0.0, 0.0, a - 14.0, b - 14.0)
+        chest_wall = ls.elliptic_cylinder(p, 0.0, 0.0, a - 24.0, b - 22.0)
+        mediastinum = ls.elliptic_cylinder(p, 4.0, 8.0, 30.0, 0.62 * b)
+        heart = ls.ellipsoid(p, P.heart_centre, P.heart_radii)
+        chambers = ls.ellipsoid(p, P.heart_centre, tuple(r - 11.0 for r in P.heart_radii))  # type: ignore[arg-type]
+        aorta = ls.tube(p, self.aorta_line, 12.0)
+        trachea = ls.union(ls.tube(p, self.trachea_line, 10.0), *(ls.tube(p, br, 7.5) for br in self.bronchi))
+        lumen = ls.union(ls.tube(p, self.trachea_line, 8.0), *(ls.tube(p, br, 5.5) for br in self.bronchi))
+        esophagus = ls.tube(p, self.esophagus_line, 8.0)
+        vertebra = ls.elliptic_cylinder(p, 0.0, self.y_vertebra, 21.0, 18.0)
+        canal = ls.elliptic_cylinder(p, 0.0, self.y_canal, 9.0, 9.0)
+        cord = ls.elliptic_cylinder(p, 0.0, self.y_canal, 5.0, 5.5)
+        posterior = ls.subtract(ls.elliptic_cylinder(p, 0.0, self.y_posterior, 26.0, 11.0), canal)
+        discs = ls.intersect(vertebra, ls.z_bands(p, 27.0, 5.0, phase=3.0))
+        rib_ring = ls.subtract(ls.elliptic_cylinder(p, 0.0, 0.0, 0.93 * a, 0.93 * b), ls.elliptic_cylinder(p, 0.0, 0.0, 0.93 * a - 9, 0.93 * b - 9))
+        ribs = ls.intersect(rib_ring, ls.z_bands(p, 26.0, 10.0), p[..., 1] + 0.45 * b)  # no ribs anteriorly (cartilage)
+        diaphragm = ls.ellipsoid(p, (0.0, 0.0, -175.0), (a, b, 100.0))
+        tumour = P.tumour.levelset(p)
+        node = ls.ellipsoid(p, P.node_centre, (P.node_radius,) * 3) if P.node_centre else np.full(p.shape[:-1], 1e4)
+        carve = ls.union(mediastinum, heart - 4.0, aorta - 3.0, trachea - 3.0, esophagus - 3.0, diaphragm, vertebra - 4.0)
+        lung_r = ls.subtract(ls.intersect(ls.ellipsoid(p, *self.lungs["LUNG_R"]), chest_wall), carve, tumour, node)
+        lung_l = ls.subtract(ls.intersect(ls.ellipsoid(p, *self.lungs["LUNG_L"]), chest_wall), carve, tumour, node)
+
+        rho = P.tumour.normalised_radius(p)
+        hyp = ls.ellipsoid(p, P.hypoxic_centre, (P.hypoxic_radius,) * 3)
+
+        tissue = np.zeros(p.shape[:-1], dtype=np.uint8)
+        paint = [
+            (Tissue.SOFT, body), (Tissue.FAT, ls.subtract(body, inner)),
+            (Tissue.MEDIASTINAL_FAT, ls.intersect(mediastinum, inner)),
+            (Tissue.LUNG, ls.union(lung_l, lung_r)), (Tissue.RIB, ls.intersect(ribs, body)),
+            (Tissue.MYOCARDIUM, heart), (Tissue.BLOOD, ls.union(chambers, aorta)),
+            (Tissue.AIRWAY_WALL, ls.intersect(trachea, inner)), (Tissue.AIRWAY_LUMEN, ls.intersect(lumen, inner)),
+            (Tissue.ESOPHAGUS, esophagus), (Tissue.VERTEBRA, vertebra), (Tissue.DISC, discs),
+            (Tissue.POSTERIOR_ELEMENTS, posterior), (Tissue.CANAL, canal), (Tissue.CORD, cord),
+            (Tissue.NODE, node), (Tissue.TUMOUR_VIABLE, tumour),
+            (Tissue.TUMOUR_HYPOXIC, ls.intersect(tumour, hyp)),
+            (Tissue.TUMOUR_NECROTIC, ls.intersect(tumour, rho - P.necrotic_fraction) if P.necrotic_fraction > 0 else np.full(p.shape[:-1], 1e4)),
+        ]
+        for label, field_ in paint:
+            tissue[field_ < 0] = label
+
+        w = P.texture_waves
+        texture = np.cos(p @ w[:, :3].T + w[:, 3]) @ w[:, 4] / w[:, 4].sum()
+        structures = {
+            "BODY": body, "LUNG_L": lung_l, "LUNG_R": lung_r, "SPINAL_CORD": cord,
+            "ESOPHAGUS": ls.subtract(esophagus, vertebra), "HEART": heart, "AORTA": aorta, "GTV": tumour,
+            "GTV_NODE": node, "HYPOXIC": ls.intersect(tumour, hyp),
+        }
+        return AnatomySample(tissue=tissue, rho=rho, texture=texture, structures=structures)

@@ -1,0 +1,51 @@
+"""The whole sample cohort: patients, the cohort sheet, clinical follow-up and QoL tables."""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from isotox.atomic import write_text
+from isotox.sample.clinical import simulate_clinical
+from isotox.sample.patient import patient_id, write_sample_patient
+
+
+def write_cohort_tables(out_dir: str | Path, truth_files: list[str | Path], seed: int) -> dict[str, Path]:
+    """From the patients' ``ground_truth.json`` write cohort.tsv, clinical.tsv, qol.tsv, clinical_model.json."""
+    out_dir = Path(out_dir)
+    truths = [json.loads(Path(f).read_text(encoding="utf-8")) for f in truth_files]
+    clinical, qol, model_truth = simulate_clinical(truths, seed)
+    sheet = pd.DataFrame({
+        "patient_id": clinical["patient_id"],
+        "dicom_dir": [str(Path(f).parent / "dicom") for f in sorted(truth_files, key=lambda f: json.loads(Path(f).read_text())["index"])],
+        "histology": clinical["histology"], "arm": clinical["arm"], "stage": clinical["stage"],
+        "chemotherapy": clinical["chemotherapy"],
+    })
+    paths = {name: out_dir / f"{name}.tsv" for name in ("cohort", "clinical", "qol")}
+    for name, table in (("cohort", sheet), ("clinical", clinical), ("qol", qol)):
+        write_text(paths[name], table.to_csv(sep="\t", index=False, lineterminator="\n"))
+    paths["model"] = out_dir / "clinical_model.json"
+    write_text(paths["model"], json.dumps(model_truth, indent=2, sort_keys=True) + "\n")
+    return paths
+
+
+def write_sample_cohort(out_dir: str | Path, patients: int, seed: int, preset: str = "small", jobs: int = 1) -> dict[str, Any]:
+    """Write ``patients`` patients (``OUTDIR/SAMPLE001/...``) and the cohort tables."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    targets = [(out_dir / patient_id(i), i) for i in range(1, patients + 1)]
+    if jobs > 1:
+        with ProcessPoolExecutor(max_workers=jobs) as pool:
+            list(pool.map(write_sample_patient, [t for t, _ in targets], [i for _, i in targets], [seed] * patients, [preset] * patients))
+    else:
+        for target, index in targets:
+            write_sample_patient(target, index, seed, preset)
+    paths = write_cohort_tables(out_dir, [t / "ground_truth.json" for t, _ in targets], seed)
+    return {"patients": [patient_id(i) for i in range(1, patients + 1)], **{k: str(v) for k, v in paths.items()}}
+
+
+__all__ = ["write_cohort_tables", "write_sample_cohort"]

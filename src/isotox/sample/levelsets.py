@@ -1,0 +1,80 @@
+"""Level-set primitives and constructive solid geometry for the analytic phantom.
+
+A level set is negative inside a shape, positive outside, and roughly a distance in mm near the
+surface, so shapes combine with min/max (union/intersection/difference) and contours can be
+traced at sub-voxel precision at level 0. Points are (..., 3) arrays in LPS mm.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import NDArray
+
+Points = NDArray[np.float64]
+LevelSet = NDArray[np.float64]
+
+
+def ellipsoid(p: Points, centre: tuple[float, float, float], radii: tuple[float, float, float]) -> LevelSet:
+    q = (p - np.asarray(centre)) / np.asarray(radii)
+    return (np.sqrt((q**2).sum(-1)) - 1.0) * float(min(radii))
+
+
+def elliptic_cylinder(p: Points, cx: float, cy: float, a: float, b: float, z0: float = -1e4, z1: float = 1e4) -> LevelSet:
+    """Cylinder along z with elliptic cross-section, capped at z0 and z1."""
+    radial = (np.sqrt(((p[..., 0] - cx) / a) ** 2 + ((p[..., 1] - cy) / b) ** 2) - 1.0) * min(a, b)
+    axial = np.maximum(z0 - p[..., 2], p[..., 2] - z1)
+    return np.maximum(radial, axial)
+
+
+def z_bands(p: Points, period: float, width: float, phase: float = 0.0) -> LevelSet:
+    """Periodic slabs along z (vertebral discs, ribs): inside when (z - phase) mod period < width."""
+    m = np.mod(p[..., 2] - phase, period)
+    return np.minimum(np.abs(m - width / 2.0) - width / 2.0, period - np.abs(m - width / 2.0) - width / 2.0)
+
+
+def tube(p: Points, polyline: NDArray[np.float64], radius: float) -> LevelSet:
+    """Distance to a polyline centreline minus the radius (a vessel or airway).
+
+    Only points inside a segment's bounding box (grown by the radius + 20 mm) are measured; the
+    rest are 'far outside' (1e4), which is all the CSG and the contouring need.
+    """
+    flat = p.reshape(-1, 3)
+    best = np.full(flat.shape[0], 1e4)
+    reach = radius + 20.0
+    lo_all, hi_all = flat.min(0), flat.max(0)
+    for a, b in zip(polyline[:-1], polyline[1:]):
+        lo, hi = np.minimum(a, b) - reach, np.maximum(a, b) + reach
+        if np.any(lo > hi_all) or np.any(hi < lo_all):
+            continue
+        sel = np.flatnonzero(np.all((flat >= lo) & (flat <= hi), axis=1))
+        if sel.size == 0:
+            continue
+        q = flat[sel]
+        ab = b - a
+        t = np.clip(((q - a) @ ab) / float(ab @ ab), 0.0, 1.0)
+        d = np.linalg.norm(q - (a + t[:, None] * ab), axis=1)
+        best[sel] = np.minimum(best[sel], d)
+    return (best - radius).reshape(p.shape[:-1])
+
+
+def union(*sets: LevelSet) -> LevelSet:
+    return np.minimum.reduce(sets)
+
+
+def intersect(*sets: LevelSet) -> LevelSet:
+    return np.maximum.reduce(sets)
+
+
+def subtract(a: LevelSet, *b: LevelSet) -> LevelSet:
+    return np.maximum(a, -np.minimum.reduce(b)) if b else a
+
+
+def arc(centre: tuple[float, float, float], radius: float, start_deg: float, end_deg: float, plane: str, n: int = 24) -> NDArray[np.float64]:
+    """Polyline along a circular arc in the 'yz' or 'xz' plane (the aortic arch)."""
+    ang = np.radians(np.linspace(start_deg, end_deg, n))
+    c = np.asarray(centre, dtype=float)
+    pts = np.repeat(c[None, :], n, axis=0)
+    axis = 1 if plane == "yz" else 0
+    pts[:, axis] += radius * np.cos(ang)
+    pts[:, 2] += radius * np.sin(ang)
+    return pts

@@ -1,0 +1,323 @@
+"""Write one synthetic patient: planning CT + RTSTRUCT, FDG PET/CT, HX4 PET/CT at 2 h and 4 h,
+DCE-CT, and ``ground_truth.json``.
+
+Everything is drawn from ``numpy.random.default_rng([seed, patient_index])``, and DICOM UIDs are
+hashes of the same key, so the same seed always gives byte-identical files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from isotox.atomic import atomic_path
+from isotox.dicomio.contours import contours_from_field
+from isotox.dicomio.image_series import CT_IMAGE_STORAGE, CtFrame, PetAcquisition, write_ct_series, write_pet_series
+from isotox.dicomio.modules import PatientStudy, SeriesInfo
+from isotox.dicomio.rtstruct_writer import ReferencedImages, RoiContours, write_rtstruct
+from isotox.dicomio.uids import stable_uid
+from isotox.geometry import ImageGrid, RigidTransform
+from isotox.perfusion.aif import parker_aif
+from isotox.perfusion.kinetics import extended_tofts, patlak
+from isotox.sample import appearance, scanner
+from isotox.sample.anatomy import TUMOUR_TISSUES, Anatomy, AnatomyParams, Tissue, draw_anatomy
+from isotox.sample.presets import Preset, get_preset
+from isotox.sample.timeline import at, da, dt, plus, tm
+
+log = logging.getLogger(__name__)
+
+F18_HALF_LIFE_S = 6586.2
+HISTOLOGIES = ("adenocarcinoma", "squamous", "large_cell", "nsclc_nos")
+HISTOLOGY_P = (0.45, 0.40, 0.10, 0.05)
+
+#: How clinics name the structures (the sample varies them so ROI mapping gets exercised).
+ROI_NAME_VARIANTS = {
+    "BODY": ["BODY", "External", "Body", "Outer Contour"],
+    "LUNG_L": ["Lung_L", "Lung L", "LUNG_LT", "Long links"],
+    "LUNG_R": ["Lung_R", "Lung R", "LUNG_RT", "Long rechts"],
+    "SPINAL_CORD": ["SpinalCord", "Spinal Cord", "Myelum", "CORD"],
+    "ESOPHAGUS": ["Esophagus", "Oesophagus", "ESO", "Oesofagus"],
+    "HEART": ["Heart", "HEART", "Hart"],
+    "AORTA": ["Aorta", "AORTA", "Aorta_desc"],
+    "GTV": ["GTV", "GTVp", "GTV_primary", "GTV1"],
+    "GTV_NODE": ["GTVn", "GTV_node", "GTV_LN"],
+}
+ROI_COLOURS = {
+    "BODY": (0, 255, 0), "LUNG_L": (0, 128, 255), "LUNG_R": (0, 200, 255), "SPINAL_CORD": (255, 255, 0),
+    "ESOPHAGUS": (255, 128, 0), "HEART": (255, 0, 128), "AORTA": (200, 0, 0), "GTV": (255, 0, 0), "GTV_NODE": (255, 60, 60),
+}
+
+
+def patient_id(index: int) -> str:
+    """Sample patient ids: SAMPLE001, SAMPLE002, ..."""
+    return f"SAMPLE{index:03d}"
+
+
+@dataclass(frozen=True)
+class Session:
+    """One scanner visit: its own study, frame of reference, pose and date."""
+
+    key: str
+    study_uid: str
+    frame_uid: str
+    pose: RigidTransform
+    day: datetime
+
+
+def _draw_pose(rng: np.random.Generator, max_shift: tuple[float, float, float], max_deg: float) -> RigidTransform:
+    shift = tuple(float(rng.uniform(-m, m)) for m in max_shift)
+    angles = tuple(float(np.radians(rng.uniform(-max_deg, max_deg))) for _ in range(3))
+    return RigidTransform(angles, shift, (0.0, 0.0, 0.0))  # type: ignore[arg-type]
+
+
+def _session_grid(size: tuple[int, int, int], spacing: tuple[float, float, float], pose: RigidTransform, z_centre: float) -> ImageGrid:
+    """Scanner grid centred on where the planning point (0, 0, z_centre) lands, on a 0.5 mm raster."""
+    centre = pose.apply(np.array([0.0, 0.0, z_centre]))
+    centre = tuple(float(np.round(c * 2) / 2) for c in centre)
+    return ImageGrid.centred(size, spacing, centre)  # type: ignore[arg-type]
+
+
+def _grid_dict(grid: ImageGrid) -> dict[str, Any]:
+    return {"size": list(grid.size), "spacing_mm": list(grid.spacing), "origin_mm": list(grid.origin), "direction": list(grid.direction)}
+
+
+def _fine_tumour_measures(anatomy: Anatomy, fdg: appearance.FdgUptake, step: float = 0.5) -> dict[str, float]:
+    """Ground-truth tumour volumes on a 0.5 mm raster over the tumour's bounding box."""
+    t = anatomy.p.tumour
+    half = 1.6 * t.r0
+    axis = np.arange(-half, half + step / 2, step)
+    voxel_cc = step**3 / 1000.0
+    counts = {"gtv": 0, "boost": 0, "hypoxic": 0, "necrotic": 0}
+    for z in axis:
+        yy, xx = np.meshgrid(axis, axis, indexing="ij")
+        pts = np.stack([xx + t.centre[0], yy + t.centre[1], np.full_like(xx, z + t.centre[2])], axis=-1)
+        s = anatomy.evaluate(pts)
+        tum = np.isin(s.tissue, [int(x) for x in TUMOUR_TISSUES])
+        suv = fdg.suv(s)
+        counts["gtv"] += int(tum.sum())
+        counts["boost"] += int((tum & (suv >= 0.5 * fdg.tumour_peak)).sum())
+        counts["hypoxic"] += int((s.tissue == Tissue.TUMOUR_HYPOXIC).sum())
+        counts["necrotic"] += int((s.tissue == Tissue.TUMOUR_NECROTIC).sum())
+    return {f"{k}_volume_cc": v * voxel_cc for k, v in counts.items()}
+
+
+def _planimetric_volume_cc(anatomy: Anatomy, grid: ImageGrid, name: str, inside_field: NDArray[np.float64]) -> float:
+    """Sum over planning-CT slices of the structure's cross-section area x slice spacing.
+
+    This is the volume a TPS reports for slice-wise contours. Areas are sampled on a fine raster
+    (0.5 mm for structures under 100 cm^2 per slice, 2 mm above) inside the slice's bounding box,
+    so thin organs (spinal cord, 5 mm radius) are as exact as large ones (< 0.5 % error).
+    ``inside_field`` is the negated level set on the grid (k, j, i), used to find the boxes.
+    """
+    total_mm3 = 0.0
+    coarse_step = max(grid.spacing[0], grid.spacing[1])
+    for k in range(grid.size[2]):
+        pts = grid.slice_points(k)
+        inside = inside_field[k] > -coarse_step
+        if not inside.any():
+            continue
+        box = pts[inside]
+        lo, hi = box.min(axis=0)[:2] - coarse_step, box.max(axis=0)[:2] + coarse_step
+        step = 0.5 if np.prod(hi - lo) < 1e4 else 2.0
+        xs, ys = np.arange(lo[0], hi[0], step) + step / 2, np.arange(lo[1], hi[1], step) + step / 2
+        yy, xx = np.meshgrid(ys, xs, indexing="ij")
+        fine = np.stack([xx, yy, np.full_like(xx, pts[0, 0, 2])], axis=-1)
+        total_mm3 += float((anatomy.evaluate(fine).structures[name] < 0).sum()) * step * step * grid.spacing[2]
+    return total_mm3 / 1000.0
+
+
+def _dce_frame_times() -> NDArray[np.float64]:
+    """4 baseline frames, 3-s sampling through the first pass, then sparser to 150 s (26 frames)."""
+    return np.concatenate([[0.0, 3.0, 6.0, 9.0], np.arange(12.0, 61.0, 3.0), [75.0, 90.0, 105.0, 120.0, 150.0]])
+
+
+def write_sample_patient(out_dir: str | Path, index: int, seed: int, preset: str = "small") -> dict[str, Any]:
+    """Write patient number ``index`` (1-based) of the cohort with ``seed`` into ``out_dir``.
+
+    ``out_dir`` receives ``dicom/`` (opaque folder and file names) and ``ground_truth.json``;
+    it is created atomically (all or nothing). Returns the ground truth.
+    """
+    out_dir = Path(out_dir)
+    with atomic_path(out_dir) as staged:
+        truth = _write_patient(staged, index, seed, get_preset(preset))
+    return truth
+
+
+def _write_patient(out: Path, index: int, seed: int, preset: Preset) -> dict[str, Any]:
+    rng = np.random.default_rng([seed, index])
+    pid = patient_id(index)
+    key: tuple[object, ...] = (seed, preset.name, pid)
+
+    histology = str(rng.choice(HISTOLOGIES, p=HISTOLOGY_P))
+    with_node = bool(rng.random() < 0.4)
+    params = draw_anatomy(rng, histology, with_node)
+    anatomy = Anatomy(params)
+    fdg = appearance.FdgUptake.draw(rng, hot_rim=params.necrotic_fraction > 0)
+    hx4 = appearance.draw_hx4(rng)
+    hct = 0.45
+    kinetics = appearance.draw_kinetics(rng, hct)
+    weight_kg = float(np.round(rng.uniform(52, 98), 1))
+    height_m = float(np.round(rng.uniform(1.55, 1.92), 2))
+    sex = str(rng.choice(["M", "F"]))
+    birth = datetime(1940 + int(rng.integers(0, 30)), 1 + int(rng.integers(0, 12)), 1 + int(rng.integers(0, 28)))
+    planning_day = datetime(2024, 1, 8) + timedelta(days=int(14 * (index - 1) + rng.integers(0, 10)))
+    roi_names = {name: str(rng.choice(options)) for name, options in ROI_NAME_VARIANTS.items()}
+
+    def session(name: str, day_offset: int, shift: tuple[float, float, float], deg: float) -> Session:
+        return Session(name, stable_uid(*key, name, "study"), stable_uid(*key, name, "for"), _draw_pose(rng, shift, deg), planning_day - timedelta(days=day_offset))
+
+    sessions = {
+        "fdg": session("fdg", int(rng.integers(3, 10)), (15.0, 15.0, 20.0), 3.0),
+        "hx4_2h": session("hx4", int(rng.integers(1, 3)), (15.0, 15.0, 20.0), 3.0),
+        "dce": session("dce", 0, (5.0, 5.0, 5.0), 1.0),
+    }
+    # the 4 h scan follows the same injection on the same day, the patient repositioned on the table
+    sessions["hx4_4h"] = Session("hx4_4h", sessions["hx4_2h"].study_uid, stable_uid(*key, "hx4_4h", "for"), _draw_pose(rng, (15.0, 15.0, 20.0), 3.0), sessions["hx4_2h"].day)
+    who = lambda s: PatientStudy(pid, f"Sample^{index:03d}", da(birth), sex, s.study_uid, da(s.day), "080000.000000", accession=f"A{index:03d}{s.key[:3].upper()}")  # noqa: E731
+    dicom = out / "dicom"
+    folder = lambda *parts: dicom / stable_uid(*key, *parts, "dir")[-12:]  # noqa: E731  opaque folder names
+
+    log.info("%s: %s, node=%s, preset %s: planning CT and RTSTRUCT", pid, histology, with_node, preset.name)
+    # ---- planning CT (contrast-enhanced) and RTSTRUCT ------------------------------------------------
+    planning = ImageGrid.centred(preset.planning_size, preset.planning_spacing, (0.0, 0.0, 0.0))
+    plan_session = Session("planning", stable_uid(*key, "planning", "study"), stable_uid(*key, "planning", "for"), RigidTransform(), planning_day)
+    structure_names = [n for n in Anatomy.CONTOURED if n != "GTV_NODE" or with_node]
+    painters: dict[str, scanner.Painter] = {"hu": lambda s: appearance.hu(s, contrast_blood_hu=170.0)}
+    for name in structure_names:
+        painters[f"frac:{name}"] = lambda s, n=name: (s.structures[n] < 0).astype(float)
+    rendered = scanner.render(planning, anatomy, None, painters, preset.planning_supersample)
+    ct_hu = rendered["hu"] + rng.normal(scale=preset.planning_noise_hu, size=planning.shape)
+    plan_series = SeriesInfo("CT", stable_uid(*key, "planning", "series"), 2, "Planning CT thorax (contrast)", da(planning_day), "081500.000000", plan_session.frame_uid)
+    ct_sets = write_ct_series(folder("planning", "ct"), planning, [CtFrame(ct_hu, "081500.000000")], who(plan_session), plan_series, uid_key=(*key, "planning", "ct"))
+
+    fields = {name: np.zeros(planning.shape) for name in structure_names}
+    for k in range(planning.size[2]):
+        levelsets = anatomy.evaluate(planning.slice_points(k)).structures
+        for name in structure_names:
+            fields[name][k] = -levelsets[name]
+    volumes = {name: _planimetric_volume_cc(anatomy, planning, name, field) for name, field in fields.items()}
+    rois = []
+    for name, field in fields.items():
+        rois.append(RoiContours(roi_names[name], Anatomy.CONTOURED[name], ROI_COLOURS[name], contours_from_field(planning, field, level=0.0, upsample=4)))
+    del fields
+    rs_series = SeriesInfo("RTSTRUCT", stable_uid(*key, "planning", "rtstruct-series"), 3, "Clinical contours", da(planning_day), "101500.000000", plan_session.frame_uid)
+    refs = ReferencedImages(plan_session.study_uid, plan_series.series_uid, plan_session.frame_uid, str(CT_IMAGE_STORAGE), [str(d.SOPInstanceUID) for d in ct_sets])
+    write_rtstruct(folder("planning", "rtstruct") / "RS.dcm", who(plan_session), rs_series, refs, rois, sop_instance_uid=stable_uid(*key, "rtstruct"), label="Clinical")
+
+    structures_truth = {
+        name: {
+            "roi_name": roi_names[name],
+            "volume_cc": volumes[name],
+            "partial_volume_cc": float(rendered[f"frac:{name}"].sum() * planning.voxel_volume_mm3 / 1000.0),
+        }
+        for name in structure_names
+    }
+    tumour_truth = {
+        "centre_mm": list(params.tumour.centre), "equivalent_radius_mm": params.tumour.r0,
+        "analytic_volume_cc": params.tumour.volume_cc(), "necrotic_radius_fraction": params.necrotic_fraction,
+        "fdg_pattern": "hot_rim" if fdg.hot_rim else "hot_core", "side": "right" if params.tumour.centre[0] < 0 else "left",
+        **_fine_tumour_measures(anatomy, fdg),
+    }
+    tumour_truth["hypoxic_fraction"] = tumour_truth["hypoxic_volume_cc"] / tumour_truth["gtv_volume_cc"]
+
+    # ---- PET/CT sessions -------------------------------------------------------------------------
+    session_truth: dict[str, Any] = {}
+    pets = {"fdg": ("FDG -- fluorodeoxyglucose", fdg.suv, float(rng.uniform(3.0, 4.0)) * weight_kg * 1e6, 3600.0 + float(rng.uniform(-300, 600)))}
+    hx4_dose = float(rng.uniform(380e6, 420e6))
+    pets["hx4_2h"] = ("HX4", hx4["hx4_2h"].suv, hx4_dose, 7200.0 + float(rng.uniform(-300, 300)))
+    pets["hx4_4h"] = ("HX4", hx4["hx4_4h"].suv, hx4_dose, 14400.0 + float(rng.uniform(-300, 300)))
+    hx4_injection = at(sessions["hx4_2h"].day, 8, int(rng.integers(0, 50)))
+    for number, (name, (tracer, suv_painter, dose_bq, uptake_s)) in enumerate(pets.items()):
+        log.info("%s: %s PET/CT", pid, name)
+        s = sessions[name]
+        injection = hx4_injection if name.startswith("hx4") else at(s.day, 9, int(rng.integers(0, 50)))
+        start = plus(injection, uptake_s)
+        z_c = float(params.tumour.centre[2]) * 0.5
+        ct_grid = _session_grid(preset.session_ct_size, preset.session_ct_spacing, s.pose, z_c)
+        pet_grid = _session_grid(preset.pet_size, preset.pet_spacing, s.pose, z_c)
+        lowdose = scanner.render(ct_grid, anatomy, s.pose, {"hu": appearance.hu}, 1)["hu"]
+        lowdose += rng.normal(scale=preset.lowdose_noise_hu, size=ct_grid.shape)
+        ct_series = SeriesInfo("CT", stable_uid(*key, name, "ct-series"), 10 * number + 11, f"{tracer.split()[0]} PET/CT low-dose CT", da(s.day), tm(plus(start, -120)), s.frame_uid)
+        write_ct_series(folder(name, "ct"), ct_grid, [CtFrame(lowdose, tm(plus(start, -120)))], who(s), ct_series, uid_key=(*key, name, "ct"))
+
+        clean = scanner.psf_blur(scanner.render(pet_grid, anatomy, s.pose, {"suv": suv_painter}, preset.pet_supersample)["suv"], pet_grid, preset.psf_fwhm_mm)
+        noisy = scanner.pet_noise(rng, clean, preset.pet_cv_at_suv1)
+        decayed_dose = dose_bq * math.exp(-math.log(2) * uptake_s / F18_HALF_LIFE_S)
+        suv_to_bqml = decayed_dose / (weight_kg * 1000.0)
+        acq = PetAcquisition(tracer, dose_bq, F18_HALF_LIFE_S, dt(injection), weight_kg, height_m, frame_duration_ms=180000.0 * 6)
+        pet_series = SeriesInfo("PT", stable_uid(*key, name, "pet-series"), 10 * number + 12, f"{tracer.split()[0]} PET AC", da(s.day), tm(start), s.frame_uid)
+        write_pet_series(folder(name, "pet"), pet_grid, noisy * suv_to_bqml, who(s), pet_series, acq, uid_key=(*key, name, "pet"))
+
+        centre_s = s.pose.apply(np.asarray(params.tumour.centre))
+        near = np.linalg.norm(_grid_points(pet_grid) - centre_s, axis=-1) <= 1.2 * params.tumour.r0 + 5.0
+        ci, cj, ck = np.rint(pet_grid.physical_to_index(centre_s[None, :])[0]).astype(int)
+        session_truth[name] = {
+            "planning_to_session": s.pose.as_dict(),
+            "tumour_centre_session_mm": centre_s.tolist(),
+            "ct_grid": _grid_dict(ct_grid), "pet_grid": _grid_dict(pet_grid),
+            "tracer": tracer, "injected_dose_bq": dose_bq, "injection_datetime": dt(injection),
+            "series_datetime": dt(start), "uptake_time_s": uptake_s, "weight_kg": weight_kg,
+            "bqml_per_suv": suv_to_bqml, "psf_fwhm_mm": preset.psf_fwhm_mm,
+            "tumour_suvmax_blurred_noiseless": float(clean[near].max()),
+            "tumour_centre_voxel_ijk": [int(ci), int(cj), int(ck)],
+            "tumour_centre_mean_suv_3x3x3_noiseless": float(clean[ck - 1 : ck + 2, cj - 1 : cj + 2, ci - 1 : ci + 2].mean()),
+        }
+    session_truth["fdg"].update({"tumour_suv_peak_true": fdg.tumour_peak, "blood_suv": fdg.blood, "myocardium_suv": fdg.myocardium, "node_suv": fdg.node if with_node else None})
+    for name in ("hx4_2h", "hx4_4h"):
+        h = hx4[name]
+        session_truth[name].update({"blood_suv": h.blood_suv, "tbr_hypoxic": h.tbr_hypoxic, "tbr_normoxic_tumour": h.tbr_normoxic_tumour, "hypoxia_threshold_tbr": 1.4})
+
+    log.info("%s: DCE-CT", pid)
+    # ---- DCE-CT slab ---------------------------------------------------------------------------------
+    s = sessions["dce"]
+    times = _dce_frame_times()
+    delay_s = float(rng.uniform(8.0, 14.0))
+    hu_per_mm = 40.0
+    fine_t = np.arange(0.0, times[-1] + 0.25, 0.25)
+    cp_fine = parker_aif(fine_t / 60.0, delay_min=delay_s / 60.0) / (1.0 - hct)
+    curves = np.zeros((len(Tissue), times.size))
+    frame_index = np.rint(times / 0.25).astype(int)
+    for tissue, kin in kinetics.items():
+        model = extended_tofts(fine_t, cp_fine, kin.ktrans_per_min, kin.ve, kin.vp) if kin.model == "etofts" else patlak(fine_t, cp_fine, kin.ktrans_per_min, kin.vp)
+        curves[int(tissue)] = hu_per_mm * model[0, frame_index]
+    dce_grid = _session_grid(preset.dce_size, preset.dce_spacing, s.pose, float(params.tumour.centre[2]))
+    base_hu = appearance.hu
+    frame_painters = {f"f{f}": (lambda smp, f=f: base_hu(smp) + curves[smp.tissue, f]) for f in range(times.size)}
+    frames_clean = scanner.render(dce_grid, anatomy, s.pose, frame_painters, preset.dce_supersample)
+    dce_start = at(planning_day, 8, 40)
+    frames = [CtFrame(frames_clean[f"f{f}"] + rng.normal(scale=preset.dce_noise_hu, size=dce_grid.shape), tm(plus(dce_start, float(t)))) for f, t in enumerate(times)]
+    dce_series = SeriesInfo("CT", stable_uid(*key, "dce", "series"), 5, "DCE-CT perfusion thorax", da(planning_day), tm(dce_start), s.frame_uid)
+    write_ct_series(folder("dce", "ct"), dce_grid, frames, who(s), dce_series, uid_key=(*key, "dce", "ct"), kvp=100.0)
+    perfusion_truth = {
+        "planning_to_session": s.pose.as_dict(), "grid": _grid_dict(dce_grid), "frame_times_s": times.tolist(),
+        "hematocrit": hct, "hu_per_mM": hu_per_mm, "aif": "Parker 2006 population AIF (blood), delayed",
+        "bolus_arrival_s": delay_s,
+        "tissues": {t.name.lower(): {"model": k.model, "ktrans_per_min": k.ktrans_per_min, "ve": k.ve, "vp": k.vp} for t, k in kinetics.items()},
+    }
+
+    truth: dict[str, Any] = {
+        "patient_id": pid, "index": index, "seed": seed, "preset": preset.name,
+        "conventions": "LPS mm; planning_to_session maps planning-CT points to session scanner points "
+                       "(x_s = A @ [x_p, 1]), as ITK's registration transform with fixed = planning CT.",
+        "histology": histology, "has_node": with_node, "sex": sex, "weight_kg": weight_kg, "height_m": height_m,
+        "planning_date": da(planning_day), "planning_grid": _grid_dict(planning),
+        "structures": structures_truth, "tumour": tumour_truth, "sessions": session_truth, "perfusion": perfusion_truth,
+        "hx4_injection_datetime": dt(hx4_injection),
+    }
+    log.info("%s: done", pid)
+    (out / "ground_truth.json").write_text(json.dumps(truth, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return truth
+
+
+def _grid_points(grid: ImageGrid) -> NDArray[np.float64]:
+    kk, jj, ii = np.meshgrid(*(np.arange(n) for n in grid.shape), indexing="ij")
+    ijk = np.stack([ii, jj, kk], axis=-1).reshape(-1, 3).astype(float)
+    return grid.index_to_physical(ijk).reshape(grid.shape + (3,))

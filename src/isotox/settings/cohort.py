@@ -1,0 +1,68 @@
+"""The cohort sheet: one validated row per patient, ids safe to use as folder names."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import jsonschema
+import pandas as pd
+
+from isotox.errors import ConfigError
+from isotox.settings.documents import load_schema
+
+_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def check_patient_id(patient_id: str, file: str | Path = "<cohort>") -> str:
+    """Return ``patient_id`` if it is safe as a path component, else raise ConfigError.
+
+    Ids become folders under results/patients/, so '../x', 'a/b', spaces or an empty id
+    would write outside the results tree or break wildcards.
+    """
+    if not _SAFE_ID.match(patient_id) or ".." in patient_id:
+        raise ConfigError(
+            file,
+            f"patient id {patient_id!r} is not safe as a folder name: use letters, digits, '.', '_' "
+            "and '-' only, starting with a letter or digit, no '..', at most 64 characters",
+            "patient_id",
+        )
+    return patient_id
+
+
+def read_cohort_sheet(path: str | Path) -> pd.DataFrame:
+    """Read and validate a cohort TSV; return it indexed by ``patient_id`` and sorted.
+
+    Every cell is read as text (ids like '007' keep their zeros); empty cells count as absent.
+    All problems of all rows are collected, so a user fixes the sheet in one pass.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(path, "cohort sheet not found (set cohort.sheet in the config)")
+    try:
+        sheet = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, comment=None)
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise ConfigError(path, f"cannot be read as a tab-separated table: {exc}") from exc
+    sheet.columns = [c.strip() for c in sheet.columns]
+    if "patient_id" not in sheet.columns:
+        raise ConfigError(path, "has no 'patient_id' column (is it tab-separated?)", "patient_id")
+    if sheet.empty:
+        raise ConfigError(path, "has no patient rows")
+
+    validator = jsonschema.Draft202012Validator(load_schema("cohort"))
+    problems: list[str] = []
+    for line_no, row in zip(range(2, len(sheet) + 2), sheet.to_dict(orient="records")):
+        record = {k: v.strip() for k, v in row.items() if v.strip() != ""}
+        for err in validator.iter_errors(record):
+            column = ".".join(map(str, err.absolute_path)) or "(row)"
+            problems.append(f"line {line_no} ({record.get('patient_id', '?')}), column '{column}': {err.message}")
+    duplicated = sheet["patient_id"][sheet["patient_id"].duplicated()].unique()
+    for pid in duplicated:
+        problems.append(f"patient id {pid!r} appears more than once")
+    if problems:
+        shown = "; ".join(problems[:10])
+        more = f" (and {len(problems) - 10} more)" if len(problems) > 10 else ""
+        raise ConfigError(path, f"invalid cohort sheet: {shown}{more}")
+    for pid in sheet["patient_id"]:
+        check_patient_id(pid, path)
+    return sheet.set_index("patient_id", drop=False).sort_index()

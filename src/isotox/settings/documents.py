@@ -1,0 +1,82 @@
+"""Validate YAML documents against the JSON schemas in ``config/schemas``.
+
+Why our own wrapper and not ``snakemake.utils.validate``: the user needs the *file* and the
+*key path* of a mistake ("config/config.yaml, key 'sample.preset': 'smal' is not one of ...").
+The library must also validate protocols passed to the CLI, where Snakemake is not involved.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from isotox.errors import ConfigError
+
+#: Schemas live in the repository's config/schemas (editable install, workflow checkout) and are
+#: copied into the wheel as isotox/_schemas (see pyproject.toml).
+_REPO_SCHEMAS = Path(__file__).resolve().parents[3] / "config" / "schemas"
+
+
+def schema_dir() -> Path:
+    """Folder holding ``*.schema.yaml``: the checkout's if present, else the installed copy."""
+    if _REPO_SCHEMAS.is_dir():
+        return _REPO_SCHEMAS
+    installed = Path(str(resources.files("isotox") / "_schemas"))
+    if installed.is_dir():
+        return installed
+    raise FileNotFoundError("isotox schemas not found (neither config/schemas nor isotox/_schemas)")
+
+
+@cache
+def load_schema(name: str) -> dict[str, Any]:
+    """Load ``<name>.schema.yaml`` (cached: schemas are read once per process)."""
+    path = schema_dir() / f"{name}.schema.yaml"
+    with path.open(encoding="utf-8") as fh:
+        schema = yaml.safe_load(fh)
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return schema
+
+
+def _key_path(error: jsonschema.ValidationError) -> str:
+    parts = [str(p) for p in error.absolute_path]
+    return ".".join(parts) if parts else "(top level)"
+
+
+def _describe(error: jsonschema.ValidationError) -> str:
+    if error.validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        return f"{error.message}; allowed keys here: {', '.join(allowed)}"
+    if error.validator == "enum":
+        return f"{error.instance!r} is not one of {error.validator_value}"
+    return error.message
+
+
+def validate_document(doc: Any, schema_name: str, file: str | Path) -> None:
+    """Raise :class:`ConfigError` naming ``file`` and the key path of every violation."""
+    validator = jsonschema.Draft202012Validator(load_schema(schema_name))
+    errors = sorted(validator.iter_errors(doc), key=lambda e: list(map(str, e.absolute_path)))
+    if not errors:
+        return
+    first = errors[0]
+    problems = "; ".join(f"key '{_key_path(e)}': {_describe(e)}" for e in errors[:5])
+    more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
+    raise ConfigError(file, f"does not match {schema_name}.schema.yaml: {problems}{more}", _key_path(first))
+
+
+def load_validated_yaml(path: str | Path, schema_name: str) -> dict[str, Any]:
+    """Read a YAML file and validate it; errors name the file (and line, for YAML syntax)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(path, f"file not found (expected a {schema_name} YAML file)")
+    try:
+        with path.open(encoding="utf-8") as fh:
+            doc = yaml.safe_load(fh)
+    except yaml.YAMLError as exc:
+        raise ConfigError(path, f"is not valid YAML: {exc}") from exc
+    validate_document(doc, schema_name, path)
+    return doc

@@ -1,0 +1,44 @@
+"""Trial protocols as data: load, validate against the schema, then check the rules that a schema cannot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from isotox.errors import ConfigError
+from isotox.settings.documents import load_validated_yaml
+
+
+def _check_range(doc: dict[str, Any], key: str, file: Path) -> None:
+    rng = doc
+    for part in key.split("."):
+        rng = rng[part]
+    if isinstance(rng, dict) and rng["min"] > rng["max"]:
+        raise ConfigError(file, f"min ({rng['min']}) is greater than max ({rng['max']})", key)
+
+
+def load_protocol(path: str | Path) -> dict[str, Any]:
+    """Return the validated protocol mapping.
+
+    Beyond the schema: ranges ordered, the boost levels ordered (base <= test <= max) and the
+    boost base equal to the protocol's maximum PTV dose, constraint ids unique.
+    """
+    path = Path(path)
+    doc = load_validated_yaml(path, "protocol")
+    _check_range(doc, "total_dose_gy", path)
+    _check_range(doc, "fractionation.dose_per_fraction_gy", path)
+    _check_range(doc, "fractionation.fractions", path)
+    boost = doc.get("boost")
+    if boost:
+        if not boost["base_total_gy"] <= boost["test_total_gy"] <= boost["max_total_gy"]:
+            raise ConfigError(path, "boost levels must satisfy base_total_gy <= test_total_gy <= max_total_gy", "boost")
+        if abs(boost["base_total_gy"] - doc["total_dose_gy"]["max"]) > 1e-9:
+            raise ConfigError(path, "boost.base_total_gy must equal total_dose_gy.max (the PTV dose when boosted)", "boost.base_total_gy")
+    ids = [c["id"] for c in doc["constraints"]]
+    dupes = sorted({i for i in ids if ids.count(i) > 1})
+    if dupes:
+        raise ConfigError(path, f"constraint ids must be unique; repeated: {', '.join(dupes)}", "constraints")
+    simon = doc.get("safety", {}).get("simon")
+    if simon and simon["n1"] >= simon["n"]:
+        raise ConfigError(path, "simon.n1 must be smaller than simon.n", "safety.simon.n1")
+    return doc

@@ -1,0 +1,47 @@
+"""Shared fixtures: the repository root and one real run of the workflow on a small sample cohort.
+
+The sample cohort is produced by the workflow itself (``snakemake --cores 2``), so the DICOM
+tests measure exactly what a user's default run writes.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+SAMPLE_SEED = 20240101
+SAMPLE_PATIENTS = 2
+
+
+def run_snakemake(*args: str, cwd: Path = REPO, check: bool = True, timeout: int = 1800) -> subprocess.CompletedProcess[str]:
+    """Run snakemake in a subprocess (as a user would) and return the completed process."""
+    cmd = [sys.executable, "-m", "snakemake", *args]
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def sample_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Results folder of a real workflow run on SAMPLE_PATIENTS small sample patients."""
+    results = tmp_path_factory.mktemp("results")
+    config = write_config(results.parent / "sample_config.yaml", results=str(results),
+                          sample={"patients": SAMPLE_PATIENTS, "seed": SAMPLE_SEED, "preset": "small"})
+    run_snakemake("--cores", "2", "--configfile", str(config))
+    return results
+
+
+def write_config(path: Path, **overrides: object) -> Path:
+    """The default config with top-level keys replaced, written to ``path``."""
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    config.update(overrides)
+    path.write_text(yaml.safe_dump(config))
+    return path

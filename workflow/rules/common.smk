@@ -1,0 +1,77 @@
+# Helpers shared by every rules file: config and cohort validation, patient ids, target lists.
+# Nothing here runs a job; rules files only call these functions.
+import os
+import re
+import sys
+from pathlib import Path
+
+from snakemake.exceptions import WorkflowError
+
+# The workflow uses the isotox library of this checkout, installed or not, in this process and in
+# the rule scripts (which Snakemake runs as separate Python processes).
+_SRC = str(Path(workflow.basedir) / "src")
+if _SRC not in sys.path:
+    sys.path.insert(0, _SRC)
+# (Set, not read: the workflow requires no environment variable from the user; cluster jobs re-parse
+# this file on the node and set it there too.)
+os.environ.update(PYTHONPATH=os.pathsep.join(p for p in (_SRC, os.environ.get("PYTHONPATH", "")) if p))
+
+from isotox.errors import ConfigError  # noqa: E402
+from isotox.sample.patient import patient_id as sample_patient_id  # noqa: E402
+from isotox.settings import load_protocol, read_cohort_sheet, validate_document  # noqa: E402
+from isotox.settings.roi_names import RoiNameMap  # noqa: E402
+
+
+def _config_file_names():
+    return ", ".join(str(f) for f in workflow.configfiles) or "the config"
+
+
+try:
+    validate_document(config, "config", _config_file_names())
+    PROTOCOL = load_protocol(config["protocol"])
+    RoiNameMap.from_yaml(config["roi_names"])
+    if config["cohort"]["source"] == "sheet":
+        if "sheet" not in config["cohort"]:
+            raise ConfigError(_config_file_names(), "cohort.source is 'sheet' but cohort.sheet is not set", "cohort.sheet")
+        COHORT = read_cohort_sheet(config["cohort"]["sheet"])
+    else:
+        if "sample" not in config:
+            raise ConfigError(_config_file_names(), "cohort.source is 'sample' but there is no 'sample' section", "sample")
+        _ids = [sample_patient_id(i) for i in range(1, config["sample"]["patients"] + 1)]
+        COHORT = None
+except ConfigError as exc:
+    raise WorkflowError(f"Invalid configuration: {exc}") from None
+
+RESULTS = config["results"].rstrip("/")
+SAMPLE_DIR = f"{RESULTS}/sample"
+PATIENTS = list(COHORT.index) if COHORT is not None else _ids
+
+
+wildcard_constraints:
+    pid="|".join(re.escape(p) for p in PATIENTS),
+
+
+def is_sample():
+    return config["cohort"]["source"] == "sample"
+
+
+def sample_index(wildcards):
+    """1-based index of a sample patient id (SAMPLE007 -> 7)."""
+    return int(wildcards.pid.removeprefix("SAMPLE"))
+
+
+def sample_mem_mb(wildcards, attempt):
+    """Memory of one synthetic patient: the realistic preset holds 512x512 volumes in float64."""
+    return (1500 if config["sample"]["preset"] == "small" else 9000) * attempt
+
+
+def sample_patient_dirs():
+    return expand(f"{SAMPLE_DIR}/{{pid}}", pid=PATIENTS)
+
+
+def cohort_targets():
+    """Everything `rule all` asks for; stage rules extend this as they arrive."""
+    targets = []
+    if is_sample():
+        targets += [f"{SAMPLE_DIR}/{name}.tsv" for name in ("cohort", "clinical", "qol")]
+    return targets
