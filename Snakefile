@@ -10,6 +10,7 @@ configfile: "config/config.yaml"
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/sample.smk"
+include: "workflow/rules/ingest.smk"
 
 
 rule all:

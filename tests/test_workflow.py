@@ -31,24 +31,27 @@ def test_lint_is_clean() -> None:
 
 def test_default_config_dry_run_builds_the_whole_dag() -> None:
     counts = _job_counts(run_snakemake("-n", "--forceall", "--quiet", "rules").stdout)
-    assert counts["sample_patient"] == 12
+    assert counts["sample_patient"] == 12 and counts["ingest"] == 12
     assert counts["sample_cohort_tables"] == 1
 
 
 def test_thousand_patient_sample_cohort_dry_run(tmp_path: Path) -> None:
     config = write_config(tmp_path / "c.yaml", results=str(tmp_path / "r"), sample={"patients": 1000, "seed": 1, "preset": "small"})
     counts = _job_counts(run_snakemake("-n", "--forceall", "--quiet", "rules", "--configfile", str(config)).stdout)
-    assert counts["sample_patient"] == 1000
+    assert counts["sample_patient"] == 1000 and counts["ingest"] == 1000
 
 
-def test_thousand_patient_cohort_sheet_validates_and_builds(tmp_path: Path) -> None:
-    """A real-cohort sheet of 1000 rows loads and validates; the DAG builds (stage rules extend it)."""
-    rows = [f"LUNG{i:04d}\tdata/LUNG{i:04d}\t{'squamous' if i % 2 else 'adenocarcinoma'}\t{'A' if i % 3 else 'B'}" for i in range(1000)]
+def test_thousand_patient_cohort_sheet_dry_run(tmp_path: Path) -> None:
+    """A real-cohort sheet of 1000 rows validates and gives one ingest job per patient."""
+    rows = []
+    for i in range(1000):
+        (tmp_path / "data" / f"LUNG{i:04d}").mkdir(parents=True)
+        rows.append(f"LUNG{i:04d}\t{tmp_path / 'data' / f'LUNG{i:04d}'}\t{'squamous' if i % 2 else 'adenocarcinoma'}\t{'A' if i % 3 else 'B'}")
     sheet = tmp_path / "cohort.tsv"
     sheet.write_text("patient_id\tdicom_dir\thistology\tarm\n" + "\n".join(rows) + "\n")
     config = write_config(tmp_path / "c.yaml", results=str(tmp_path / "r"), cohort={"source": "sheet", "sheet": str(sheet)})
-    proc = run_snakemake("-n", "--configfile", str(config))
-    assert "Nothing to be done" in proc.stdout + proc.stderr or "Job stats" in proc.stdout
+    counts = _job_counts(run_snakemake("-n", "--quiet", "rules", "--configfile", str(config)).stdout)
+    assert counts["ingest"] == 1000 and "sample_patient" not in counts
 
 
 def test_config_typo_stops_with_key_and_file(tmp_path: Path) -> None:
@@ -78,6 +81,8 @@ def test_real_run_writes_patients_tables_logs_and_benchmarks(sample_run: Path) -
     assert all(Path(d).is_dir() for d in sheet["dicom_dir"])
     for pid in patients:
         assert "done" in (sample_run / "logs" / "sample_patient" / f"{pid}.log").read_text()
+        assert (sample_run / "patients" / pid / "ingest" / "metadata.json").is_file()
+        assert "roles" in (sample_run / "logs" / "ingest" / f"{pid}.log").read_text()
         assert (sample_run / "benchmarks" / "sample_patient" / f"{pid}.tsv").is_file()
         truth = json.loads((sample / pid / "ground_truth.json").read_text())
         assert truth["patient_id"] == pid

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from collections.abc import Sequence
 
@@ -39,6 +40,15 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_ingest(args: argparse.Namespace) -> int:
+    from isotox.ingest import ingest_patient
+
+    meta = ingest_patient(args.dicom_dir, args.patient_dir, patient_id=args.patient_id, roi_names=args.roi_names,
+                          series_roles=args.series_roles, irregular=args.irregular)
+    print(json.dumps({"patient_id": meta["patient_id"], "roles": meta["roles"], "problems": meta["problems"], "warnings": meta["warnings"]}, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="isotox", description="NSCLC imaging to isotoxic RT prescriptions and trial outcomes.")
     parser.add_argument("--version", action="version", version=f"isotox {__version__}")
@@ -52,6 +62,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=1, help="patients generated in parallel")
     p.set_defaults(func=_cmd_sample_cohort)
 
+    p = sub.add_parser("ingest", help="stage 1: index, classify and convert one patient's DICOM into PATIENT_DIR/ingest/")
+    p.add_argument("dicom_dir", help="folder with all DICOM files of the patient (any nesting and names)")
+    p.add_argument("patient_dir", help="the patient's results folder (results/patients/PID); ingest/ is written inside")
+    p.add_argument("--patient-id", help="patient id for messages (default: the name of PATIENT_DIR)")
+    p.add_argument("--roi-names", default="config/roi_names.yaml", help="ROI name synonyms (default config/roi_names.yaml)")
+    p.add_argument("--series-roles", help="override roles: 'planning_ct=UID;fdg_pet=UID'")
+    p.add_argument("--irregular", choices=["resample", "refuse"], default="resample",
+                   help="missing slices, uneven spacing or gantry tilt: resample onto a regular grid (default) or refuse")
+    p.set_defaults(func=_cmd_ingest)
+
     p = sub.add_parser("validate", help="validate a config, cohort sheet, protocol or ROI-name file against its schema")
     p.add_argument("kind", choices=["config", "cohort", "protocol", "roi_names"])
     p.add_argument("file")
@@ -61,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
         return int(args.func(args))
     except IsotoxError as exc:

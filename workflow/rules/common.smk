@@ -65,13 +65,36 @@ def sample_mem_mb(wildcards, attempt):
     return (1500 if config["sample"]["preset"] == "small" else 9000) * attempt
 
 
+def ingest_source(wildcards):
+    """The DICOM input of a patient: the synthesised sample folder, or the cohort sheet's dicom_dir."""
+    if is_sample():
+        return f"{SAMPLE_DIR}/{wildcards.pid}"
+    return COHORT.loc[wildcards.pid, "dicom_dir"]
+
+
+def ingest_dicom_dir(wildcards):
+    return f"{SAMPLE_DIR}/{wildcards.pid}/dicom" if is_sample() else COHORT.loc[wildcards.pid, "dicom_dir"]
+
+
+def series_roles(wildcards):
+    if is_sample() or "series_roles" not in COHORT.columns:
+        return ""
+    return COHORT.loc[wildcards.pid, "series_roles"]
+
+
+def ingest_mem_mb(wildcards, attempt):
+    """Ingestion holds a few volumes at once; clinical matrices (512x512x200, DCE 4-D) need several GB."""
+    preset = config.get("sample", {}).get("preset", "small") if is_sample() else "realistic"
+    return (2000 if preset == "small" else 8000) * attempt
+
+
 def sample_patient_dirs():
     return expand(f"{SAMPLE_DIR}/{{pid}}", pid=PATIENTS)
 
 
 def cohort_targets():
     """Everything `rule all` asks for; stage rules extend this as they arrive."""
-    targets = []
+    targets = expand(f"{RESULTS}/patients/{{pid}}/ingest", pid=PATIENTS)
     if is_sample():
         targets += [f"{SAMPLE_DIR}/{name}.tsv" for name in ("cohort", "clinical", "qol")]
     return targets

@@ -14,6 +14,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import UID
+from skimage.measure import approximate_polygon
 
 from isotox.dicomio.contours import Contour
 from isotox.dicomio.modules import PatientStudy, SeriesInfo, fill_patient_study, fill_series, new_dataset
@@ -44,8 +45,25 @@ class RoiContours:
     contours: list[Contour] = field(default_factory=list)
 
 
+#: ContourData is a DS list; in explicit VR a value longer than 64 KiB cannot be written as DS.
+_MAX_CONTOUR_BYTES = 65534
+
+
 def _ds_list(points: np.ndarray) -> list[str]:
-    return [f"{v:.3f}" for v in points.ravel()]
+    """ContourData strings (0.001 mm); very long outlines are simplified until they fit one DS element.
+
+    Douglas-Peucker simplification (scikit-image ``approximate_polygon``) with a tolerance that grows
+    from 0.05 mm keeps the outline within that tolerance, far below any clinical significance.
+    """
+    values = [f"{v:.3f}" for v in points.ravel()]
+    tolerance = 0.05
+    while sum(len(v) + 1 for v in values) > _MAX_CONTOUR_BYTES:
+        closed = np.vstack([points, points[:1]])
+        kept = approximate_polygon(closed[:, :2], tolerance=tolerance)[:-1]
+        simplified = np.column_stack([kept, np.full(len(kept), points[0, 2])])
+        values = [f"{v:.3f}" for v in simplified.ravel()]
+        tolerance *= 2
+    return values
 
 
 def write_rtstruct(
@@ -106,9 +124,10 @@ def write_rtstruct(
             c = Dataset()
             c.ContourImageSequence = Sequence([image_ref])
             c.ContourGeometricType = "CLOSED_PLANAR"
-            c.NumberOfContourPoints = len(points)
+            data = _ds_list(points)
+            c.NumberOfContourPoints = len(data) // 3
             c.ContourNumber = len(contours) + 1
-            c.ContourData = _ds_list(points)
+            c.ContourData = data
             contours.append(c)
         if len(contours):
             rc.ContourSequence = contours

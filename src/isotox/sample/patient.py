@@ -204,9 +204,10 @@ def _write_patient(out: Path, index: int, seed: int, preset: Preset) -> dict[str
         for name in structure_names:
             fields[name][k] = -levelsets[name]
     volumes = {name: _planimetric_volume_cc(anatomy, planning, name, field) for name, field in fields.items()}
+    upsample = max(1, int(round(min(planning.spacing[:2]) / 1.0)))  # ~1 mm point spacing, as clinical contours
     rois = []
     for name, field in fields.items():
-        rois.append(RoiContours(roi_names[name], Anatomy.CONTOURED[name], ROI_COLOURS[name], contours_from_field(planning, field, level=0.0, upsample=4)))
+        rois.append(RoiContours(roi_names[name], Anatomy.CONTOURED[name], ROI_COLOURS[name], contours_from_field(planning, field, level=0.0, upsample=upsample)))
     del fields
     rs_series = SeriesInfo("RTSTRUCT", stable_uid(*key, "planning", "rtstruct-series"), 3, "Clinical contours", da(planning_day), "101500.000000", plan_session.frame_uid)
     refs = ReferencedImages(plan_session.study_uid, plan_series.series_uid, plan_session.frame_uid, str(CT_IMAGE_STORAGE), [str(d.SOPInstanceUID) for d in ct_sets])

@@ -1,0 +1,66 @@
+"""Ingestion time and peak memory for one sample patient, and dcm2niix on the same series.
+
+Generates the patient first (default preset 'realistic'; or pass --dicom-dir to use an existing
+patient folder), then runs ``isotox ingest`` in a child process (peak RSS of that process alone)
+and dcm2niix on every image series folder of the patient, for comparison. dcm2niix converts the
+images only: it does no SUV conversion, role assignment or RTSTRUCT rasterisation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _child(args: list[str]) -> tuple[float, float]:
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    start = time.perf_counter()
+    subprocess.run(args, check=True, stdout=subprocess.DEVNULL)
+    seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return seconds, max(peak, before) / 1024.0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--preset", default="realistic", choices=["small", "realistic"])
+    parser.add_argument("--dicom-dir", type=Path, help="an existing patient DICOM folder (skips generation)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp)
+        dicom = args.dicom_dir
+        if dicom is None:
+            code = f"from isotox.sample import write_sample_patient; write_sample_patient({str(tmp_path / 'P')!r}, 1, 20240101, {args.preset!r})"
+            seconds, _ = _child([sys.executable, "-c", code])
+            print(f"generated preset={args.preset} in {seconds:.1f} s")
+            dicom = tmp_path / "P" / "dicom"
+        seconds, peak = _child([sys.executable, "-m", "isotox", "ingest", str(dicom), str(tmp_path / "out" / "P"),
+                                "--roi-names", str(REPO / "config" / "roi_names.yaml")])
+        print(f"isotox ingest: time_s={seconds:.1f} peak_rss_mb={peak:.0f}")
+        if shutil.which("dcm2niix") is None:
+            print("dcm2niix: not installed (pip install dcm2niix)")
+            return
+        import pydicom
+
+        folders = sorted({p.parent for p in dicom.rglob("*.dcm")})
+        images = [f for f in folders if pydicom.dcmread(next(f.glob("*.dcm")), stop_before_pixels=True).Modality in ("CT", "PT")]
+        total = 0.0
+        for folder in images:
+            out = tmp_path / "dcm2niix" / folder.name
+            out.mkdir(parents=True)
+            start = time.perf_counter()
+            subprocess.run(["dcm2niix", "-z", "y", "-o", str(out), str(folder)], check=True, stdout=subprocess.DEVNULL)
+            total += time.perf_counter() - start
+        print(f"dcm2niix (the {len(images)} image series, gz): time_s={total:.1f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,119 @@
+"""RT Structure Set -> binary masks on an image grid (the planning CT).
+
+* Several contours per slice combine by the even-odd rule (holes, islands): each polygon is
+  filled (voxel centres inside) and XOR-ed into the slice.
+* A contour is placed on the slice whose plane it lies in; a contour up to 0.1 slice off-plane is
+  snapped with a note, one further off (but within half a slice) is snapped with a warning, one
+  outside the grid is dropped with a warning.
+* ROIs on another frame of reference than the grid's are an error for that ROI (listed).
+* Names are mapped to canonical names (config/roi_names.yaml); unmapped names are kept and listed.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
+from pydicom.dataset import Dataset
+from skimage.draw import polygon as fill_polygon
+
+from isotox.geometry import ImageGrid
+from isotox.settings.roi_names import RoiNameMap
+
+
+@dataclass
+class RoiMask:
+    """One ROI rasterised on the grid."""
+
+    number: int
+    name: str
+    canonical: str | None
+    mask: NDArray[np.bool_]
+    n_contours: int
+    interpreted_type: str = ""
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def file_stem(self) -> str:
+        """Canonical name, or a file-safe form of the clinic's name for unmapped ROIs."""
+        return self.canonical or "roi_" + re.sub(r"[^A-Za-z0-9]+", "_", self.name).strip("_")
+
+
+@dataclass
+class StructureSet:
+    rois: list[RoiMask]
+    warnings: list[str]
+    unmapped: list[str]
+    other_frame: list[str]
+
+
+def _polygon_mask(shape: tuple[int, int], ij: NDArray[np.float64]) -> NDArray[np.bool_]:
+    out = np.zeros(shape, dtype=bool)
+    rr, cc = fill_polygon(ij[:, 1], ij[:, 0], shape)
+    out[rr, cc] = True
+    return out
+
+
+def contours_to_mask(grid: ImageGrid, contours: list[NDArray[np.float64]], warnings: list[str], roi_name: str) -> NDArray[np.bool_]:
+    """Rasterise planar contours ((N, 3) LPS points each) on ``grid`` with the even-odd rule."""
+    mask = np.zeros(grid.shape, dtype=bool)
+    off_plane = 0
+    for points in contours:
+        ijk = grid.physical_to_index(points)
+        k_mean = float(ijk[:, 2].mean())
+        k = int(round(k_mean))
+        if np.ptp(ijk[:, 2]) > 0.1:
+            warnings.append(f"{roi_name}: a contour is not planar along the slice normal (spread {np.ptp(ijk[:, 2]) * grid.spacing[2]:.2f} mm)")
+        if k < 0 or k >= grid.shape[0]:
+            warnings.append(f"{roi_name}: contour at {k_mean * grid.spacing[2]:.1f} mm is outside the image and was dropped")
+            continue
+        if abs(k_mean - k) > 0.1:
+            off_plane += 1
+        mask[k] ^= _polygon_mask(grid.shape[1:], ijk[:, :2])
+    if off_plane:
+        warnings.append(f"{roi_name}: {off_plane} contour(s) not on a slice plane (> 0.1 slice), placed on the nearest slice")
+    return mask
+
+
+def read_structure_set(rs: Dataset, grid: ImageGrid, frame_of_reference: str, names: RoiNameMap, source: str | Path = "") -> StructureSet:
+    """All ROIs of ``rs`` rasterised on ``grid``; ``frame_of_reference`` is the grid's FoR UID."""
+    warnings: list[str] = []
+    info = {int(r.ROINumber): r for r in rs.get("StructureSetROISequence", [])}
+    types = {int(o.ReferencedROINumber): str(o.get("RTROIInterpretedType", "")) for o in rs.get("RTROIObservationsSequence", [])}
+    contours_by_roi = {int(c.ReferencedROINumber): c for c in rs.get("ROIContourSequence", [])}
+    rois: list[RoiMask] = []
+    unmapped: list[str] = []
+    other_frame: list[str] = []
+    seen: dict[str, str] = {}
+    for number, roi in sorted(info.items()):
+        name = str(roi.get("ROIName", f"ROI {number}"))
+        roi_for = str(roi.get("ReferencedFrameOfReferenceUID", frame_of_reference))
+        if roi_for != frame_of_reference:
+            other_frame.append(name)
+            warnings.append(f"{name}: drawn on another frame of reference ({roi_for}) than the planning CT: not used")
+            continue
+        canonical = names.canonical(name)
+        roi_warnings: list[str] = []
+        if canonical is None:
+            unmapped.append(name)
+        elif canonical in seen:
+            roi_warnings.append(f"{name}: maps to {canonical} like {seen[canonical]}; the first is used as {canonical}")
+            canonical = None
+        else:
+            seen[canonical] = name
+        polygons = []
+        for c in contours_by_roi.get(number, Dataset()).get("ContourSequence", []):
+            if str(c.get("ContourGeometricType", "CLOSED_PLANAR")) != "CLOSED_PLANAR":
+                continue
+            data = np.asarray([float(v) for v in c.ContourData]).reshape(-1, 3)
+            if len(data) >= 3:
+                polygons.append(data)
+        if not polygons:
+            roi_warnings.append(f"{name}: empty ROI (no closed planar contours)")
+        mask = contours_to_mask(grid, polygons, roi_warnings, name)
+        rois.append(RoiMask(number, name, canonical, mask, len(polygons), types.get(number, ""), roi_warnings))
+        warnings.extend(roi_warnings)
+    return StructureSet(rois, warnings, unmapped, other_frame)

@@ -1,0 +1,219 @@
+"""Stage 1, ingestion: one patient's DICOM folder -> NIfTI images, masks, dose and metadata.
+
+Writes ``PATIENT_DIR/ingest/`` atomically (all or nothing):
+
+* ``series.tsv``: every series found, its role and why (and files skipped, and why);
+* ``planning_ct.nii.gz`` (HU), ``{fdg,hx4_2h,hx4_4h}_pet_suv.nii.gz`` (SUVbw) and their PET/CT CTs
+  ``{fdg,hx4_2h,hx4_4h}_ct.nii.gz``, ``dce_ct.nii.gz`` (4-D, HU) with ``dce_frames.tsv``;
+* ``masks/{CANONICAL}.nii.gz`` on the planning-CT grid (unmapped ROIs as ``roi_<name>``);
+* ``rtdose.nii.gz`` (Gy, on the TPS dose grid) when an RTDOSE is present;
+* ``metadata.json``: geometry of every image, the SUV factor and every tag it came from, ROI name
+  mapping and volumes, warnings, and the problems that left an optional image out.
+
+Only a missing planning CT (or an unreadable folder) stops the patient; a PET that cannot be
+converted, a missing HX4 or DCE, an RTSTRUCT on another frame of reference... are recorded in
+``metadata.json`` and the rest of the patient is ingested.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import SimpleITK as sitk
+
+from isotox.atomic import atomic_path
+from isotox.dicomio.dicom_time import combine, seconds_between
+from isotox.dicomio.discovery import PatientIndex, Series, index_folder, load_pixels
+from isotox.dicomio.roles import assign_roles, parse_overrides
+from isotox.dicomio.rtdose import read_rtdose
+from isotox.dicomio.rtstruct_reader import read_structure_set
+from isotox.dicomio.suv import rescaled, suv_conversion
+from isotox.dicomio.volume import IrregularPolicy, SliceGeometry, slice_geometry, stack, to_image
+from isotox.errors import InputDataError
+from isotox.geometry import ImageGrid
+from isotox.settings.roi_names import RoiNameMap
+
+log = logging.getLogger(__name__)
+STAGE = "ingest"
+
+
+def _volume(series: Series, patient: str, policy: IrregularPolicy) -> tuple[SliceGeometry, list[Any]]:
+    datasets = load_pixels(series, patient)
+    geometry = slice_geometry(datasets, [str(p) for p in series.files], patient, policy)
+    return geometry, [datasets[i] for i in geometry.order]
+
+
+def _ct_image(series: Series, patient: str, policy: IrregularPolicy) -> tuple[sitk.Image, SliceGeometry]:
+    geometry, slices = _volume(series, patient, policy)
+    hu = stack(geometry, [rescaled(ds) for ds in slices])
+    return to_image(geometry.grid, np.rint(hu).clip(-32768, 32767).astype(np.int16)), geometry
+
+
+def _pet_image(series: Series, patient: str, policy: IrregularPolicy) -> tuple[sitk.Image, SliceGeometry, dict[str, Any]]:
+    geometry, slices = _volume(series, patient, policy)
+    conversion = suv_conversion(slices, patient, series.files[0])
+    suv = stack(geometry, [rescaled(ds) * f for ds, f in zip(slices, conversion.factors)])
+    return to_image(geometry.grid, suv.astype(np.float32)), geometry, conversion.as_dict()
+
+
+def _dce_image(series: Series, patient: str, policy: IrregularPolicy) -> tuple[sitk.Image, SliceGeometry, pd.DataFrame]:
+    """4-D DCE-CT: frames by AcquisitionNumber (or AcquisitionTime), each a volume on one grid."""
+    datasets = load_pixels(series, patient)
+    def frame_key(ds: Any) -> tuple[Any, ...]:
+        return (int(ds.get("AcquisitionNumber") or 0), str(ds.get("AcquisitionTime", "")))
+    keys = sorted({frame_key(ds) for ds in datasets}, key=lambda k: (k[0], k[1]))
+    if len({k[0] for k in keys}) < len(keys):  # numbers do not separate frames: use times
+        keys = sorted(keys, key=lambda k: k[1])
+    frames, grid_ref, geometry_ref, times = [], None, None, []
+    for key in keys:
+        members = [i for i, ds in enumerate(datasets) if frame_key(ds) == key]
+        geometry = slice_geometry([datasets[i] for i in members], [str(series.files[i]) for i in members], patient, policy)
+        if grid_ref is not None and geometry.grid != grid_ref:
+            raise InputDataError(patient, series.files[members[0]], f"DCE frame {key} has a different geometry than the first frame", "export all frames on one grid")
+        grid_ref, geometry_ref = geometry.grid, geometry
+        frames.append(stack(geometry, [rescaled(datasets[members[i]]) for i in geometry.order]).astype(np.float32))
+        first = datasets[members[0]]
+        times.append(combine(first.get("AcquisitionDate") or first.SeriesDate, first.AcquisitionTime))
+    t0 = times[0]
+    table = pd.DataFrame({"frame": range(len(frames)), "time_s": [seconds_between(t0, t) for t in times],
+                          "acquisition_time": [t.strftime("%H%M%S.%f") for t in times]})
+    image = sitk.JoinSeries([to_image(grid_ref, f) for f in frames])  # type: ignore[arg-type]
+    return image, geometry_ref, table  # type: ignore[return-value]
+
+
+def _series_table(index: PatientIndex, roles: dict[str, str], reasons: dict[str, str], tracers: dict[str, str], uptake: dict[str, float]) -> pd.DataFrame:
+    role_of = {uid: role for role, uid in roles.items()}
+    rows = []
+    for uid, s in sorted(index.series.items(), key=lambda kv: (kv[1].modality, kv[1].description)):
+        ds = s.first
+        rows.append({
+            "series_uid": uid, "modality": s.modality, "role": role_of.get(uid, ""), "reason": reasons.get(uid, ""),
+            "description": s.description, "n_files": len(s.files), "frames_per_position": round(s.repeated_positions(), 2),
+            "series_date": str(ds.get("SeriesDate", "")), "series_time": str(ds.get("SeriesTime", "")),
+            "frame_of_reference": s.frame_of_reference, "tracer": tracers.get(uid, ""),
+            "uptake_min": round(uptake[uid], 1) if uid in uptake else "",
+            "folder": str(Path(s.files[0]).parent), "warnings": " | ".join(s.warnings),
+        })
+    return pd.DataFrame(rows)
+
+
+def ingest_patient(dicom_dir: str | Path, patient_dir: str | Path, *, patient_id: str | None = None,
+                   roi_names: str | Path, series_roles: str | None = None, irregular: IrregularPolicy = "resample") -> dict[str, Any]:
+    """Run stage 1 for one patient; returns the metadata written to ``ingest/metadata.json``."""
+    patient_dir = Path(patient_dir)
+    patient = patient_id or patient_dir.name
+    names = RoiNameMap.from_yaml(roi_names)
+    index = index_folder(dicom_dir, patient)
+    overrides = parse_overrides(series_roles, patient)
+    assignment = assign_roles(index, overrides, patient)
+    roles = assignment.roles
+    log.info("%s: %d series, roles: %s", patient, len(index.series), ", ".join(sorted(roles)))
+    if "planning_ct" not in roles:
+        raise InputDataError(patient, dicom_dir, "no planning CT found (no CT series outside PET/CT and DCE)",
+                             "add the planning CT to the folder or name it with series_roles=planning_ct=UID in the cohort sheet")
+    meta: dict[str, Any] = {
+        "patient_id": patient, "dicom_patient_id": index.patient_id, "source": str(dicom_dir), "irregular_policy": irregular,
+        "roles": roles, "images": {}, "pet": {}, "structures": {}, "problems": {}, "warnings": [],
+        "skipped_files": [{"file": f, "reason": r} for f, r in index.skipped],
+    }
+    if index.skipped:
+        meta["warnings"].append(f"{len(index.skipped)} file(s) skipped (see skipped_files)")
+    with atomic_path(patient_dir / STAGE) as out:
+        out.mkdir(parents=True)
+        _series_table(index, roles, assignment.reasons, assignment.tracers, assignment.uptake_min).to_csv(out / "series.tsv", sep="\t", index=False)
+
+        planning_series = index.series[roles["planning_ct"]]
+        planning, geometry = _ct_image(planning_series, patient, irregular)
+        sitk.WriteImage(planning, str(out / "planning_ct.nii.gz"), useCompression=True)
+        meta["images"]["planning_ct"] = geometry.summary()
+        planning_grid = geometry.grid
+
+        for prefix in ("fdg", "hx4_2h", "hx4_4h"):
+            _optional(meta, f"{prefix}_ct", lambda p=prefix: _write_ct(index, roles, f"{p}_ct", out, patient, irregular, meta))
+            _optional(meta, f"{prefix}_pet", lambda p=prefix: _write_pet(index, roles, p, out, patient, irregular, meta))
+        _optional(meta, "dce_ct", lambda: _write_dce(index, roles, out, patient, irregular, meta))
+        _optional(meta, "rtstruct", lambda: _write_masks(index, roles, out, planning_grid, planning_series.frame_of_reference, names, meta))
+        _optional(meta, "rtdose", lambda: _write_dose(index, roles, out, patient, meta))
+        (out / "metadata.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
+    for role, problem in meta["problems"].items():
+        log.warning("%s: %s not ingested: %s", patient, role, problem)
+    return meta
+
+
+def _optional(meta: dict[str, Any], role: str, step: Any) -> None:
+    """Run an optional part; a user-data problem is recorded, not raised (the rest of the patient goes on)."""
+    try:
+        step()
+    except InputDataError as exc:
+        meta["problems"][role] = str(exc)
+
+
+def _write_ct(index: PatientIndex, roles: dict[str, str], role: str, out: Path, patient: str, policy: IrregularPolicy, meta: dict[str, Any]) -> None:
+    if role not in roles:
+        meta["problems"][role] = "no series with this role"
+        return
+    image, geometry = _ct_image(index.series[roles[role]], patient, policy)
+    sitk.WriteImage(image, str(out / f"{role}.nii.gz"), useCompression=True)
+    meta["images"][role] = geometry.summary()
+
+
+def _write_pet(index: PatientIndex, roles: dict[str, str], prefix: str, out: Path, patient: str, policy: IrregularPolicy, meta: dict[str, Any]) -> None:
+    role = f"{prefix}_pet"
+    if role not in roles:
+        meta["problems"][role] = "no series with this role"
+        return
+    image, geometry, conversion = _pet_image(index.series[roles[role]], patient, policy)
+    sitk.WriteImage(image, str(out / f"{role}_suv.nii.gz"), useCompression=True)
+    meta["images"][role] = geometry.summary()
+    meta["pet"][role] = conversion
+
+
+def _write_dce(index: PatientIndex, roles: dict[str, str], out: Path, patient: str, policy: IrregularPolicy, meta: dict[str, Any]) -> None:
+    if "dce_ct" not in roles:
+        meta["problems"]["dce_ct"] = "no series with this role"
+        return
+    image, geometry, frames = _dce_image(index.series[roles["dce_ct"]], patient, policy)
+    sitk.WriteImage(image, str(out / "dce_ct.nii.gz"), useCompression=True)
+    frames.to_csv(out / "dce_frames.tsv", sep="\t", index=False)
+    meta["images"]["dce_ct"] = {**geometry.summary(), "frames": len(frames)}
+
+
+def _write_masks(index: PatientIndex, roles: dict[str, str], out: Path, grid: ImageGrid, frame_uid: str, names: RoiNameMap, meta: dict[str, Any]) -> None:
+    if "rtstruct" not in roles:
+        meta["problems"]["rtstruct"] = "no RTSTRUCT: structures must come from segmentation"
+        return
+    rs_series = index.series[roles["rtstruct"]]
+    referenced = {str(s.SeriesInstanceUID) for f in rs_series.first.get("ReferencedFrameOfReferenceSequence", [])
+                  for st in f.get("RTReferencedStudySequence", []) for s in st.get("RTReferencedSeriesSequence", [])}
+    if referenced and roles["planning_ct"] not in referenced:
+        meta["warnings"].append(f"the RTSTRUCT references series {', '.join(sorted(referenced))}, not the planning CT: contours placed by frame of reference")
+    structure_set = read_structure_set(rs_series.first, grid, frame_uid, names, rs_series.files[0])
+    if structure_set.rois == [] and structure_set.other_frame:
+        raise InputDataError(meta["patient_id"], rs_series.files[0], "every ROI of the RTSTRUCT is on another frame of reference than the planning CT",
+                             "export the structure set drawn on the planning CT")
+    (out / "masks").mkdir()
+    for roi in structure_set.rois:
+        sitk.WriteImage(to_image(grid, roi.mask.astype(np.uint8)), str(out / "masks" / f"{roi.file_stem}.nii.gz"), useCompression=True)
+        meta["structures"][roi.file_stem] = {"roi_name": roi.name, "canonical": roi.canonical, "contours": roi.n_contours,
+                                             "voxels": int(roi.mask.sum()), "volume_cc": float(roi.mask.sum() * grid.voxel_volume_mm3 / 1000.0),
+                                             "interpreted_type": roi.interpreted_type}
+    meta["unmapped_roi_names"] = structure_set.unmapped
+    meta["warnings"].extend(structure_set.warnings)
+
+
+def _write_dose(index: PatientIndex, roles: dict[str, str], out: Path, patient: str, meta: dict[str, Any]) -> None:
+    if "rtdose" not in roles:
+        meta["problems"]["rtdose"] = "no RTDOSE: the built-in engine will compute dose"
+        return
+    import pydicom
+
+    series = index.series[roles["rtdose"]]
+    dose = read_rtdose(pydicom.dcmread(series.files[0]), patient, series.files[0])
+    sitk.WriteImage(to_image(dose.grid, dose.dose_gy.astype(np.float32)), str(out / "rtdose.nii.gz"), useCompression=True)
+    meta["rtdose"] = {"summation_type": dose.summation_type, "dose_type": dose.dose_type, "max_gy": float(dose.dose_gy.max()),
+                      "referenced_plan": dose.referenced_plan, "grid": {"size": list(dose.grid.size), "spacing_mm": list(dose.grid.spacing)}}
