@@ -174,3 +174,26 @@ def test_role_override_from_cohort_sheet(patient_copy: Path, tmp_path: Path) -> 
     assert meta["roles"]["planning_ct"] == fdg_ct
     with pytest.raises(InputDataError, match="not in the patient's folder"):
         ingest_patient(patient_copy, tmp_path / "P7", roi_names=ROI_NAMES, series_roles="planning_ct=1.2.3")
+
+
+def test_all_series_mixed_in_one_flat_folder(patient_copy: Path, tmp_path: Path) -> None:
+    """Grouping is by SeriesInstanceUID, not by folder: one flat folder gives the same roles."""
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for n, path in enumerate(sorted(patient_copy.rglob("*.dcm"))):
+        shutil.copy(path, flat / f"IMG{n:05d}")  # no extension, names carry no order
+    meta = ingest_patient(flat, tmp_path / "P8", roi_names=ROI_NAMES)
+    reference = ingest_patient(patient_copy, tmp_path / "P9", roi_names=ROI_NAMES)
+    assert meta["roles"] == reference["roles"]
+    assert meta["structures"] == reference["structures"]
+
+
+def test_rtstruct_on_another_frame_of_reference_is_a_problem_not_a_crash(patient_copy: Path, tmp_path: Path) -> None:
+    rs_path = next(p for p in patient_copy.rglob("*.dcm") if pydicom.dcmread(p, stop_before_pixels=True).Modality == "RTSTRUCT")
+    ds = pydicom.dcmread(rs_path)
+    for roi in ds.StructureSetROISequence:
+        roi.ReferencedFrameOfReferenceUID = "1.2.3.777"
+    ds.save_as(rs_path)
+    meta = ingest_patient(patient_copy, tmp_path / "P10", roi_names=ROI_NAMES)
+    assert "another frame of reference" in meta["problems"]["rtstruct"]
+    assert (tmp_path / "P10" / "ingest" / "planning_ct.nii.gz").is_file()
