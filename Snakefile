@@ -11,6 +11,9 @@ configfile: "config/config.yaml"
 include: "workflow/rules/common.smk"
 include: "workflow/rules/sample.smk"
 include: "workflow/rules/ingest.smk"
+include: "workflow/rules/register.smk"
+include: "workflow/rules/segment.smk"
+include: "workflow/rules/perfusion.smk"
 
 
 rule all:

@@ -9,25 +9,13 @@ images only: it does no SUV conversion, role assignment or RTSTRUCT rasterisatio
 from __future__ import annotations
 
 import argparse
-import resource
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _child(args: list[str]) -> tuple[float, float]:
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    start = time.perf_counter()
-    subprocess.run(args, check=True, stdout=subprocess.DEVNULL)
-    seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return seconds, max(peak, before) / 1024.0
-
+from _child import REPO, generate_patient, isotox, measure
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
@@ -38,12 +26,10 @@ def main() -> None:
         tmp_path = Path(tmp)
         dicom = args.dicom_dir
         if dicom is None:
-            code = f"from isotox.sample import write_sample_patient; write_sample_patient({str(tmp_path / 'P')!r}, 1, 20240101, {args.preset!r})"
-            seconds, _ = _child([sys.executable, "-c", code])
+            seconds = generate_patient(tmp_path / "P", args.preset)
             print(f"generated preset={args.preset} in {seconds:.1f} s")
             dicom = tmp_path / "P" / "dicom"
-        seconds, peak = _child([sys.executable, "-m", "isotox", "ingest", str(dicom), str(tmp_path / "out" / "P"),
-                                "--roi-names", str(REPO / "config" / "roi_names.yaml")])
+        seconds, peak = measure(isotox("ingest", str(dicom), str(tmp_path / "out" / "P"), "--roi-names", str(REPO / "config" / "roi_names.yaml")))
         print(f"isotox ingest: time_s={seconds:.1f} peak_rss_mb={peak:.0f}")
         if shutil.which("dcm2niix") is None:
             print("dcm2niix: not installed (pip install dcm2niix)")

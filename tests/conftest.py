@@ -45,3 +45,12 @@ def write_config(path: Path, **overrides: object) -> Path:
     config.update(overrides)
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+def sample_patients(results: Path) -> list[tuple[dict, Path]]:
+    """(ground truth, results/patients/PID) of every patient of a sample run, in id order."""
+    import json
+
+    out = [(json.loads(f.read_text()), results / "patients" / f.parent.name) for f in sorted((results / "sample").glob("SAMPLE*/ground_truth.json"))]
+    assert out, f"no sample patients under {results}"
+    return out

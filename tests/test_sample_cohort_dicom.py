@@ -286,3 +286,11 @@ def test_generation_is_deterministic_byte_for_byte(patients: list[dict], tmp_pat
         return {str(f.relative_to(folder)): hashlib.sha256(f.read_bytes()).hexdigest() for f in files}
 
     assert digest(again) == digest(first)
+
+
+def test_stable_uids_do_not_collide_across_key_boundaries() -> None:
+    """("sop", 1, 12) and ("sop", 11, 2) once hashed alike and overwrote DCE frames of 16-slice slabs."""
+    from isotox.dicomio.uids import stable_uid
+
+    keys = [("sop", f, k) for f in range(30) for k in range(40)]
+    assert len({stable_uid(*key) for key in keys}) == len(keys)

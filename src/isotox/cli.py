@@ -49,6 +49,54 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
+def _config_section(path: str, section: str) -> dict:
+    from isotox.settings import load_validated_yaml
+
+    return dict(load_validated_yaml(path, "config").get(section) or {})
+
+
+def _cmd_register(args: argparse.Namespace) -> int:
+    from isotox.registration.rigid import RegistrationSettings
+    from isotox.registration.stage import register_patient
+
+    settings = RegistrationSettings.from_config(_config_section(args.config, "registration"), threads=args.threads)
+    summary = register_patient(args.patient_dir, settings, patient_id=args.patient_id)
+    print(json.dumps({"patient_id": summary["patient_id"], "flagged": summary["flagged"],
+                      "sessions": {s: r.get("status") for s, r in summary["sessions"].items()}}, indent=2))
+    return 0
+
+
+def parse_point(text: str | None) -> tuple[float, float, float] | None:
+    """'x,y,z' in mm -> a tuple (None for empty)."""
+    if text is None or not str(text).strip() or str(text) == "nan":
+        return None
+    values = [float(v) for v in str(text).split(",")]
+    if len(values) != 3:
+        raise ValueError(f"a point needs three comma-separated numbers, got {text!r}")
+    return (values[0], values[1], values[2])
+
+
+def _cmd_segment(args: argparse.Namespace) -> int:
+    from isotox.segmentation.stage import SegmentationSettings, segment_patient
+    from isotox.settings import load_protocol, load_validated_yaml
+
+    config = load_validated_yaml(args.config, "config")
+    protocol = load_protocol(args.protocol or config["protocol"])
+    settings = SegmentationSettings.from_config(config.get("segmentation"), protocol, args.histology)
+    summary = segment_patient(args.patient_dir, settings, patient_id=args.patient_id, seed_point_mm=parse_point(args.seed_point))
+    print(json.dumps({"patient_id": summary["patient_id"], "figures": summary["figures"], "flags": summary["flags"]}, indent=2, default=float))
+    return 0
+
+
+def _cmd_perfusion(args: argparse.Namespace) -> int:
+    from isotox.perfusion.stage import PerfusionSettings, perfusion_patient
+
+    settings = PerfusionSettings.from_config(_config_section(args.config, "perfusion"))
+    summary = perfusion_patient(args.patient_dir, settings, patient_id=args.patient_id)
+    print(json.dumps({k: summary[k] for k in ("patient_id", "aif", "fits", "flags")}, indent=2, default=float))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="isotox", description="NSCLC imaging to isotoxic RT prescriptions and trial outcomes.")
     parser.add_argument("--version", action="version", version=f"isotox {__version__}")
@@ -72,6 +120,28 @@ def build_parser() -> argparse.ArgumentParser:
                    help="missing slices, uneven spacing or gantry tilt: resample onto a regular grid (default) or refuse")
     p.set_defaults(func=_cmd_ingest)
 
+    p = sub.add_parser("register", help="stage 2: PET/CT and DCE-CT onto the planning CT; writes PATIENT_DIR/register/")
+    p.add_argument("patient_dir", help="the patient's results folder, with ingest/ inside")
+    p.add_argument("--config", default="config/config.yaml", help="config whose 'registration' section is used (default config/config.yaml)")
+    p.add_argument("--patient-id", help="patient id for messages (default: the name of PATIENT_DIR)")
+    p.add_argument("--threads", type=int, default=1, help="threads for SimpleITK")
+    p.set_defaults(func=_cmd_register)
+
+    p = sub.add_parser("segment", help="stage 3: GTV_PET, boost and hypoxic volumes, CTV/PTV, organs at risk; writes PATIENT_DIR/segment/")
+    p.add_argument("patient_dir", help="the patient's results folder, with ingest/ and register/ inside")
+    p.add_argument("--histology", required=True, help="histology (selects the CTV margin of the protocol), e.g. adenocarcinoma")
+    p.add_argument("--config", default="config/config.yaml", help="config whose 'segmentation' section is used")
+    p.add_argument("--protocol", help="protocol YAML (default: the config's)")
+    p.add_argument("--seed-point", help="x,y,z (planning-CT mm): search region when the RTSTRUCT has no GTV")
+    p.add_argument("--patient-id", help="patient id for messages (default: the name of PATIENT_DIR)")
+    p.set_defaults(func=_cmd_segment)
+
+    p = sub.add_parser("perfusion", help="stage 4: DCE-CT AIF and tracer-kinetic maps; writes PATIENT_DIR/perfusion/")
+    p.add_argument("patient_dir", help="the patient's results folder, with ingest/, register/ and segment/ inside")
+    p.add_argument("--config", default="config/config.yaml", help="config whose 'perfusion' section is used")
+    p.add_argument("--patient-id", help="patient id for messages (default: the name of PATIENT_DIR)")
+    p.set_defaults(func=_cmd_perfusion)
+
     p = sub.add_parser("validate", help="validate a config, cohort sheet, protocol or ROI-name file against its schema")
     p.add_argument("kind", choices=["config", "cohort", "protocol", "roi_names"])
     p.add_argument("file")
@@ -84,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
         return int(args.func(args))
-    except IsotoxError as exc:
+    except (IsotoxError, ValueError) as exc:
         print(f"isotox {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

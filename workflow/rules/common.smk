@@ -18,6 +18,7 @@ os.environ.update(PYTHONPATH=os.pathsep.join(p for p in (_SRC, os.environ.get("P
 
 from isotox.errors import ConfigError  # noqa: E402
 from isotox.sample.patient import patient_id as sample_patient_id  # noqa: E402
+from isotox.sample.patient import sample_histology  # noqa: E402
 from isotox.settings import load_protocol, read_cohort_sheet, validate_document  # noqa: E402
 from isotox.settings.roi_names import RoiNameMap  # noqa: E402
 
@@ -88,13 +89,34 @@ def ingest_mem_mb(wildcards, attempt):
     return (2000 if preset == "small" else 8000) * attempt
 
 
+def stage_mem_mb(wildcards, attempt):
+    """Registration / segmentation / perfusion: a few planning-CT-sized float volumes at once."""
+    preset = config.get("sample", {}).get("preset", "small") if is_sample() else "realistic"
+    return (1500 if preset == "small" else 8000) * attempt
+
+
+def patient_histology(wildcards):
+    """Histology (selects the protocol's CTV margin): the sample generator's, or the cohort sheet's."""
+    if is_sample():
+        return sample_histology(sample_index(wildcards), config["sample"]["seed"])
+    return COHORT.loc[wildcards.pid, "histology"]
+
+
+def patient_seed_point(wildcards):
+    """Optional 'x,y,z' search-region seed from the cohort sheet ('' when absent)."""
+    if is_sample() or "seed_point_mm" not in COHORT.columns:
+        return ""
+    value = COHORT.loc[wildcards.pid, "seed_point_mm"]
+    return "" if value is None or str(value) in ("", "nan") else str(value)
+
+
 def sample_patient_dirs():
     return expand(f"{SAMPLE_DIR}/{{pid}}", pid=PATIENTS)
 
 
 def cohort_targets():
     """Everything `rule all` asks for; stage rules extend this as they arrive."""
-    targets = expand(f"{RESULTS}/patients/{{pid}}/ingest", pid=PATIENTS)
+    targets = expand(f"{RESULTS}/patients/{{pid}}/{{stage}}", pid=PATIENTS, stage=["ingest", "register", "segment", "perfusion"])
     if is_sample():
         targets += [f"{SAMPLE_DIR}/{name}.tsv" for name in ("cohort", "clinical", "qol")]
     return targets

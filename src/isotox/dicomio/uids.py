@@ -13,5 +13,10 @@ _PREFIX = "1.2.826.0.1.3680043.8.498."
 
 
 def stable_uid(*key: object) -> UID:
-    """UID determined by ``key`` (e.g. ``stable_uid(seed, "P001", "ct", "sop", 12)``)."""
-    return generate_uid(prefix=_PREFIX, entropy_srcs=["isotox", *map(str, key)])
+    """UID determined by ``key`` (e.g. ``stable_uid(seed, "P001", "ct", "sop", 12)``).
+
+    pydicom hashes the concatenation of its entropy sources, so the key's parts are joined with
+    a separator first: without it ("sop", 1, 12) and ("sop", 11, 2) would give the same UID
+    (which silently overwrote DCE frames of 16-slice slabs).
+    """
+    return generate_uid(prefix=_PREFIX, entropy_srcs=["isotox", "\x1f".join(map(str, key))])

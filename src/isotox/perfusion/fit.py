@@ -49,6 +49,8 @@ class FitResult:
     rmse: NDArray[np.float64]
     failed: NDArray[np.bool_]
     fitted: NDArray[np.float64] = field(repr=False)
+    #: voxels fitted with the nested model (Tofts -> Patlak/Ktrans only; extended Tofts -> Tofts or Patlak)
+    reduced: NDArray[np.bool_] | None = None
 
     def __getitem__(self, name: str) -> NDArray[np.float64]:
         return self.params[name]
@@ -76,24 +78,43 @@ def _solve_batched(design: NDArray[np.float64], y: NDArray[np.float64]) -> NDArr
 
 
 def _linear(model: str, t: NDArray[np.float64], c: NDArray[np.float64], cp: NDArray[np.float64]) -> dict[str, NDArray[np.float64]]:
+    """Linear least squares; Tofts models fall back to their nested models where noise makes the
+    full solution unphysical (Sourbron & Buckley's nested-model hierarchy):
+
+    * extended Tofts with vp < 0 -> Tofts (vp = 0);
+    * no identifiable washout (kep <= 0, or ve > 1) -> Patlak: Ktrans and vp stay valid, ve is NaN.
+
+    The voxels that fell back are marked in ``reduced`` (1.0), so a map never mixes them silently.
+    """
     icp = _cumtrapz(cp, t)
     n = c.shape[0]
+    patlak_b = _solve_batched(np.ascontiguousarray(np.broadcast_to(np.stack([icp, cp], axis=-1), (n, t.size, 2))), c)
     if model == "patlak":
-        design = np.broadcast_to(np.stack([icp, cp], axis=-1), (n, t.size, 2))
-        b = _solve_batched(np.ascontiguousarray(design), c)
-        return {"ktrans": b[:, 0] * 60.0, "vp": b[:, 1]}
+        return {"ktrans": patlak_b[:, 0] * 60.0, "vp": patlak_b[:, 1], "reduced": np.zeros(n)}
     ic = _cumtrapz(c, t)
-    columns = [np.broadcast_to(icp, c.shape), -ic]
+    tofts_b = _solve_batched(np.stack([np.broadcast_to(icp, c.shape), -ic], axis=-1), c)
+    tofts = {"ktrans": tofts_b[:, 0], "kep": tofts_b[:, 1], "vp": np.zeros(n)}
     if model == "etofts":
-        columns.append(np.broadcast_to(cp, c.shape))
-    b = _solve_batched(np.stack(columns, axis=-1), c)
-    kep = b[:, 1]
-    if model == "tofts":
-        ktrans = b[:, 0]
-        return {"ktrans": ktrans * 60.0, "ve": ktrans / kep}
-    vp = b[:, 2]
-    ktrans = b[:, 0] - kep * vp
-    return {"ktrans": ktrans * 60.0, "ve": ktrans / kep, "vp": vp}
+        b = _solve_batched(np.stack([np.broadcast_to(icp, c.shape), -ic, np.broadcast_to(cp, c.shape)], axis=-1), c)
+        full = {"kep": b[:, 1], "vp": b[:, 2], "ktrans": b[:, 0] - b[:, 1] * b[:, 2]}
+        use_tofts = full["vp"] < 0
+        est = {k: np.where(use_tofts, tofts[k], full[k]) for k in full}
+        reduced = use_tofts.astype(float)
+    else:
+        est, reduced = tofts, np.zeros(n)
+    ve = est["ktrans"] / est["kep"]
+    no_washout = ~(est["kep"] > 0) | ~(ve <= 1.0)
+    if model == "tofts":  # nested without vp: C = Ktrans * integral(cp)
+        slope = (icp @ c.T) / float(icp @ icp) if np.any(icp) else np.full(n, np.nan)
+        fallback = {"ktrans": slope, "vp": np.zeros(n)}
+    else:
+        fallback = {"ktrans": patlak_b[:, 0], "vp": patlak_b[:, 1]}
+    ktrans = np.where(no_washout, fallback["ktrans"], est["ktrans"])
+    vp = np.where(no_washout, fallback["vp"], est["vp"])
+    out = {"ktrans": ktrans * 60.0, "ve": np.where(no_washout, np.nan, ve), "reduced": np.maximum(reduced, no_washout.astype(float))}
+    if model == "etofts":
+        out["vp"] = vp
+    return out
 
 
 def two_compartment_exchange(t: ArrayLike, cp: ArrayLike, fp: ArrayLike, ps: ArrayLike, vp: ArrayLike, ve: ArrayLike) -> NDArray[np.float64]:
@@ -196,7 +217,9 @@ def _two_cxm(t: NDArray[np.float64], c: NDArray[np.float64], cp: NDArray[np.floa
 def _forward(model: str, t: NDArray[np.float64], cp: NDArray[np.float64], p: dict[str, NDArray[np.float64]]) -> NDArray[np.float64]:
     from isotox.perfusion.kinetics import extended_tofts, patlak
 
-    safe = {k: np.nan_to_num(v) for k, v in p.items()}
+    safe = {k: np.clip(np.nan_to_num(v), *BOUNDS[k]) for k, v in p.items() if k in BOUNDS}  # failed fits: keep the forward model finite
+    if "ve" in p:  # ve NaN where the fit fell back to Patlak: no washout, i.e. ve -> infinity
+        safe["ve"] = np.where(np.isnan(p["ve"]), 1e6, safe["ve"])
     if model == "patlak":
         return patlak(t, cp, safe["ktrans"], safe["vp"])
     if model == "tofts":
@@ -207,7 +230,7 @@ def _forward(model: str, t: NDArray[np.float64], cp: NDArray[np.float64], p: dic
 
 
 def _fit_once(model: str, t: NDArray[np.float64], c: NDArray[np.float64], cp: NDArray[np.float64]) -> tuple[dict[str, NDArray[np.float64]], NDArray[np.float64]]:
-    with np.errstate(divide="ignore", invalid="ignore"):  # flat curves: NaN, flagged as failed below
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # flat curves: NaN, flagged as failed below
         params = _two_cxm(t, c, cp) if model == "2cxm" else _linear(model, t, c, cp)
     fitted = _forward(model, t, cp, params)
     return params, fitted
@@ -230,6 +253,7 @@ def fit(t: ArrayLike, tissue: ArrayLike, aif: ArrayLike, model: str, *, delay: f
     delays = np.arange(delay_range_s[0], delay_range_s[1] + 1e-9, delay_step_s) if delay == "fit" else np.array([float(delay)])
     names = PARAMETERS[model]
     out = {k: np.full(c.shape[0], np.nan) for k in (*names, "delay")}
+    reduced = np.zeros(c.shape[0])
     fitted_all = np.zeros_like(c)
     best = np.full(c.shape[0], np.inf)
     for start in range(0, c.shape[0], _CHUNK):
@@ -243,15 +267,17 @@ def fit(t: ArrayLike, tissue: ArrayLike, aif: ArrayLike, model: str, *, delay: f
             for k in names:
                 out[k][sl] = np.where(take, params[k], out[k][sl])
             out["delay"][sl] = np.where(take, d, out["delay"][sl])
+            reduced[sl] = np.where(take, params.get("reduced", 0.0), reduced[sl])
             fitted_all[sl] = np.where(take[:, None], fitted, fitted_all[sl])
-    failed = np.zeros(c.shape[0], dtype=bool)
+    failed = ~np.isfinite(best)
+    reduced_b = reduced > 0
     for k in names:
         lo, hi = BOUNDS[k]
-        bad = ~np.isfinite(out[k]) | (out[k] < lo - 1e-9) | (out[k] > hi)
-        failed |= bad
+        missing = ~np.isfinite(out[k]) & ~(reduced_b & (k == "ve"))  # ve is NaN by design where the fit fell back
+        failed |= missing | (out[k] < lo - 1e-9) | (out[k] > hi)
     for k in names:
         out[k][failed] = np.nan
     ss_tot = np.sum((c - c.mean(axis=1, keepdims=True)) ** 2, axis=1)
     r2 = 1.0 - best / np.where(ss_tot > 0, ss_tot, np.nan)
     rmse = np.sqrt(best / t.size)
-    return FitResult(model, out, r2, rmse, failed, fitted_all)
+    return FitResult(model, out, r2, rmse, failed, fitted_all, reduced_b & ~failed)

@@ -90,12 +90,16 @@ def _grid_dict(grid: ImageGrid) -> dict[str, Any]:
 
 
 def _fine_tumour_measures(anatomy: Anatomy, fdg: appearance.FdgUptake, step: float = 0.5) -> dict[str, float]:
-    """Ground-truth tumour volumes on a 0.5 mm raster over the tumour's bounding box."""
+    """Ground-truth tumour volumes on a 0.5 mm raster over the tumour's bounding box.
+
+    ``boost`` and ``pet40`` are the tumour points whose *true* (unblurred, noiseless) FDG uptake
+    is >= 50 % and >= 40 % of the true peak: what a threshold segmentation estimates.
+    """
     t = anatomy.p.tumour
     half = 1.6 * t.r0
     axis = np.arange(-half, half + step / 2, step)
     voxel_cc = step**3 / 1000.0
-    counts = {"gtv": 0, "boost": 0, "hypoxic": 0, "necrotic": 0}
+    counts = {"gtv": 0, "boost": 0, "pet40": 0, "hypoxic": 0, "necrotic": 0}
     for z in axis:
         yy, xx = np.meshgrid(axis, axis, indexing="ij")
         pts = np.stack([xx + t.centre[0], yy + t.centre[1], np.full_like(xx, z + t.centre[2])], axis=-1)
@@ -104,6 +108,7 @@ def _fine_tumour_measures(anatomy: Anatomy, fdg: appearance.FdgUptake, step: flo
         suv = fdg.suv(s)
         counts["gtv"] += int(tum.sum())
         counts["boost"] += int((tum & (suv >= 0.5 * fdg.tumour_peak)).sum())
+        counts["pet40"] += int((tum & (suv >= 0.4 * fdg.tumour_peak)).sum())
         counts["hypoxic"] += int((s.tissue == Tissue.TUMOUR_HYPOXIC).sum())
         counts["necrotic"] += int((s.tissue == Tissue.TUMOUR_NECROTIC).sum())
     return {f"{k}_volume_cc": v * voxel_cc for k, v in counts.items()}
@@ -134,6 +139,15 @@ def _planimetric_volume_cc(anatomy: Anatomy, grid: ImageGrid, name: str, inside_
     return total_mm3 / 1000.0
 
 
+def _draw_histology(rng: np.random.Generator) -> str:
+    return str(rng.choice(HISTOLOGIES, p=HISTOLOGY_P))
+
+
+def sample_histology(index: int, seed: int) -> str:
+    """Histology of sample patient ``index`` without generating it (the workflow needs it to pick margins)."""
+    return _draw_histology(np.random.default_rng([seed, index]))
+
+
 def _dce_frame_times() -> NDArray[np.float64]:
     """4 baseline frames, 3-s sampling through the first pass, then sparser to 150 s (26 frames)."""
     return np.concatenate([[0.0, 3.0, 6.0, 9.0], np.arange(12.0, 61.0, 3.0), [75.0, 90.0, 105.0, 120.0, 150.0]])
@@ -156,7 +170,7 @@ def _write_patient(out: Path, index: int, seed: int, preset: Preset) -> dict[str
     pid = patient_id(index)
     key: tuple[object, ...] = (seed, preset.name, pid)
 
-    histology = str(rng.choice(HISTOLOGIES, p=HISTOLOGY_P))
+    histology = _draw_histology(rng)  # the first draw: sample_histology() repeats it without the rest
     with_node = bool(rng.random() < 0.4)
     params = draw_anatomy(rng, histology, with_node)
     anatomy = Anatomy(params)

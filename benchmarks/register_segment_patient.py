@@ -1,0 +1,63 @@
+"""Registration + segmentation time and peak memory for one patient, with accuracy vs the truth.
+
+Generates and ingests a sample patient (default preset 'realistic'), or uses an existing
+patient results folder (``--patient-dir``, with ``ingest/`` inside, and ``--truth`` for the
+sample's ground_truth.json). Then runs ``isotox register`` and ``isotox segment`` as child
+processes (time and peak RSS of each alone) and prints the registration error per session
+(tumour centre + 200 points at 10 cm) and the volumes against the truth.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from _child import REPO, generate_patient, isotox, measure
+
+from isotox.registration.qc import registration_error_mm
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--preset", default="realistic", choices=["small", "realistic"])
+    parser.add_argument("--patient-dir", type=Path, help="an existing results/patients/PID folder with ingest/")
+    parser.add_argument("--truth", type=Path, help="the sample patient's ground_truth.json (for the accuracy lines)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        patient, truth_file = args.patient_dir, args.truth
+        if patient is None:
+            seconds = generate_patient(Path(tmp) / "P", args.preset)
+            print(f"generated preset={args.preset} in {seconds:.1f} s")
+            patient, truth_file = Path(tmp) / "out" / "P", Path(tmp) / "P" / "ground_truth.json"
+            seconds, peak = measure(isotox("ingest", str(Path(tmp) / "P" / "dicom"), str(patient), "--roi-names", str(REPO / "config" / "roi_names.yaml")))
+            print(f"isotox ingest: time_s={seconds:.1f} peak_rss_mb={peak:.0f}")
+        truth = json.loads(truth_file.read_text()) if truth_file else None
+        config = str(REPO / "config" / "config.yaml")
+        seconds, peak = measure(isotox("register", str(patient), "--config", config, "--threads", "2"))
+        print(f"isotox register (2 threads): time_s={seconds:.1f} peak_rss_mb={peak:.0f}")
+        histology = truth["histology"] if truth else "nsclc_nos"
+        seconds, peak = measure(isotox("segment", str(patient), "--histology", histology, "--config", config))
+        print(f"isotox segment: time_s={seconds:.1f} peak_rss_mb={peak:.0f}")
+        if truth is None:
+            return
+        for session in ("fdg", "hx4_2h", "hx4_4h", "dce"):
+            tx = sitk.ReadTransform(str(patient / "register" / f"{session}.tfm"))
+            pose = truth["perfusion" if session == "dce" else "sessions"]
+            affine = (pose if session == "dce" else pose[session])["planning_to_session"]["affine"]
+            print(f"registration error {session}: {registration_error_mm(tx, affine, truth['tumour']['centre_mm']):.2f} mm")
+        figures = json.loads((patient / "segment" / "segment.json").read_text())["figures"]
+        t = truth["tumour"]
+        for label, got, want in (("GTV_PET40 vs true >=40% uptake", figures["gtv_pet40_cc"], t.get("pet40_volume_cc", np.nan)),
+                                 ("boost GTV_SUV50 vs true >=50% uptake", figures["gtv_suv50_cc"], t["boost_volume_cc"]),
+                                 ("hypoxic 2h vs true", figures.get("hx4_2h_hv_cc", np.nan), t["hypoxic_volume_cc"]),
+                                 ("hypoxic 4h vs true", figures.get("hx4_4h_hv_cc", np.nan), t["hypoxic_volume_cc"])):
+            print(f"{label}: {got:.2f} cc vs {want:.2f} cc")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,112 @@
+"""Stage 2 for one patient: ``PATIENT_DIR/ingest`` -> ``PATIENT_DIR/register``.
+
+Writes, per PET/CT session (fdg, hx4_2h, hx4_4h) found by ingestion: ``{session}.tfm`` (planning
+points -> session points, the ITK resampling convention), ``{session}_pet_suv.nii.gz`` and
+``{session}_ct.nii.gz`` on the planning CT grid, and ``qc/{session}_fused.png``; for the DCE-CT:
+``dce_mc.nii.gz`` (motion-corrected frames, DCE grid), ``dce_motion.tsv``, ``dce.tfm``; and
+``qc.json`` with every QC figure and flag. A session that is missing is recorded, not fatal.
+
+PET is resampled with linear interpolation: it never creates values outside the range of its
+neighbours (B-spline would overshoot near hot spots and inflate SUVmax), and it preserves the
+mean SUV of a region; SUVmax before and after is reported because interpolation onto a grid
+that does not contain the hottest voxel centre lowers it slightly.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+
+from isotox.atomic import atomic_path
+from isotox.errors import InputDataError
+from isotox.images import array, body_mask, centroid_mm, read_image, resample_to, write_image
+from isotox.qcplots import three_planes
+from isotox.registration import dce
+from isotox.registration.qc import assess
+from isotox.registration.rigid import RegistrationSettings, refine_bspline, register_rigid
+
+log = logging.getLogger(__name__)
+STAGE = "register"
+PET_SESSIONS = ("fdg", "hx4_2h", "hx4_4h")
+
+
+def _target(ingest: Path, planning: sitk.Image) -> np.ndarray | None:
+    gtv = ingest / "masks" / "GTV.nii.gz"
+    return array(read_image(gtv)) > 0 if gtv.exists() else None
+
+
+def _register_pet_session(session: str, ingest: Path, out: Path, planning: sitk.Image, planning_body: np.ndarray,
+                          target: np.ndarray | None, settings: RegistrationSettings, patient: str) -> dict[str, Any]:
+    ct_path, pet_path = ingest / f"{session}_ct.nii.gz", ingest / f"{session}_pet_suv.nii.gz"
+    if not ct_path.exists() or not pet_path.exists():
+        missing = ", ".join(p.name for p in (ct_path, pet_path) if not p.exists())
+        return {"status": "missing", "reason": f"not ingested: {missing}"}
+    ct, pet = read_image(ct_path), read_image(pet_path)
+    ct_body = body_mask(ct)
+    if not ct_body.any():
+        raise InputDataError(patient, ct_path, "no body found on the PET/CT's CT (nothing above -400 HU)", "check the series assigned to this role")
+    rigid = register_rigid(planning, ct, settings, planning_body, ct_body)
+    transform: sitk.Transform = rigid.transform
+    metric = rigid.metric
+    record: dict[str, Any] = {"status": "done", "rigid": {"metric": rigid.metric, "iterations": rigid.iterations, "stop": rigid.stop,
+                                                          "parameters": list(rigid.transform.GetParameters()), "centre_mm": list(rigid.transform.GetFixedParameters())}}
+    if settings.deformable:
+        transform, metric = refine_bspline(planning, ct, rigid.transform, settings, planning_body)
+        record["deformable"] = {"metric": metric, "mesh_mm": settings.bspline_mesh_mm}
+    qc = assess(planning, ct, transform, metric, rigid.iterations, settings, planning_body, ct_body, target)
+    sitk.WriteTransform(transform, str(out / f"{session}.tfm"))
+    pet_on_plan = resample_to(pet, planning, transform, sitk.sitkLinear, 0.0)
+    write_image(pet_on_plan, out / f"{session}_pet_suv.nii.gz")
+    write_image(resample_to(ct, planning, transform, sitk.sitkLinear, -1000.0), out / f"{session}_ct.nii.gz")
+    suv_before, suv_after = float(array(pet).max()), float(array(pet_on_plan).max())
+    centre = centroid_mm(planning, target) if target is not None and target.any() else centroid_mm(planning, planning_body)
+    three_planes(planning, centre, out / "qc" / f"{session}_fused.png", f"{patient}: {session} PET on planning CT", overlay=pet_on_plan,
+                 overlay_max=suv_after, contours={"GTV": target} if target is not None else None)
+    record.update({"qc": qc.as_dict(), "suvmax_before": suv_before, "suvmax_after": suv_after, "flagged": bool(qc.flags)})
+    for flag in qc.flags:
+        log.warning("%s: %s registration flagged: %s", patient, session, flag)
+    return record
+
+
+def _register_dce(ingest: Path, out: Path, planning: sitk.Image, planning_body: np.ndarray, settings: RegistrationSettings) -> dict[str, Any]:
+    path = ingest / "dce_ct.nii.gz"
+    if not path.exists():
+        return {"status": "missing", "reason": "not ingested: dce_ct.nii.gz"}
+    frames = dce.frames_of(read_image(path))
+    corrected = dce.motion_correct(frames, settings)
+    write_image(dce.stack(corrected.frames), out / "dce_mc.nii.gz")
+    corrected.table.to_csv(out / "dce_motion.tsv", sep="\t", index=False)
+    reference = dce.mean_frame(corrected.frames)  # mean over frames: less noise, some enhancement like the planning CT
+    transform, metric = dce.slab_to_planning(reference, planning, settings, planning_body)
+    sitk.WriteTransform(transform, str(out / "dce.tfm"))
+    return {"status": "done", "frames": len(frames), "metric": metric,
+            "max_motion_mm": float(corrected.table["max_displacement_mm"].max()), "flagged": False}
+
+
+def register_patient(patient_dir: str | Path, settings: RegistrationSettings | None = None, patient_id: str | None = None) -> dict[str, Any]:
+    """Run stage 2 for one patient; returns what ``register/qc.json`` holds."""
+    patient_dir = Path(patient_dir)
+    patient = patient_id or patient_dir.name
+    settings = settings or RegistrationSettings()
+    ingest = patient_dir / "ingest"
+    planning_path = ingest / "planning_ct.nii.gz"
+    if not planning_path.exists():
+        raise InputDataError(patient, planning_path, "the planning CT of the ingestion stage is missing", "run `isotox ingest` for this patient first")
+    planning = read_image(planning_path)
+    planning_body = body_mask(planning)
+    target = _target(ingest, planning)
+    summary: dict[str, Any] = {"patient_id": patient, "convention": "each .tfm maps planning-CT points (LPS mm) to the session's points",
+                               "settings": {k: v for k, v in settings.__dict__.items()}, "sessions": {}}
+    with atomic_path(patient_dir / STAGE) as out:
+        (out / "qc").mkdir(parents=True)
+        for session in PET_SESSIONS:
+            summary["sessions"][session] = _register_pet_session(session, ingest, out, planning, planning_body, target, settings, patient)
+        summary["sessions"]["dce"] = _register_dce(ingest, out, planning, planning_body, settings)
+        summary["flagged"] = sorted(s for s, r in summary["sessions"].items() if r.get("flagged"))
+        (out / "qc.json").write_text(json.dumps(summary, indent=2, default=float) + "\n", encoding="utf-8")
+    return summary

@@ -1,0 +1,1 @@
+"""Stage 3: PET tumour volumes, the boost and hypoxic sub-volumes, target margins, organs at risk."""
