@@ -8,12 +8,16 @@ min_version("9.0")
 configfile: "config/config.yaml"
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/sample.smk"
 include: "workflow/rules/ingest.smk"
 include: "workflow/rules/register.smk"
 include: "workflow/rules/segment.smk"
 include: "workflow/rules/perfusion.smk"
+include: "workflow/rules/outcomes.smk"
 
 
 rule all:

@@ -81,12 +81,32 @@ def test_real_run_writes_patients_tables_logs_and_benchmarks(sample_run: Path) -
     assert all(Path(d).is_dir() for d in sheet["dicom_dir"])
     for pid in patients:
         assert "done" in (sample_run / "logs" / "sample_patient" / f"{pid}.log").read_text()
-        assert (sample_run / "patients" / pid / "ingest" / "metadata.json").is_file()
+        for stage, marker in (("ingest", "metadata.json"), ("register", "qc.json"), ("segment", "segment.json"), ("perfusion", "perfusion.json")):
+            assert (sample_run / "patients" / pid / stage / marker).is_file(), (pid, stage)
+            assert (sample_run / "logs" / stage / f"{pid}.log").is_file()
         assert "roles" in (sample_run / "logs" / "ingest" / f"{pid}.log").read_text()
         assert (sample_run / "benchmarks" / "sample_patient" / f"{pid}.tsv").is_file()
         truth = json.loads((sample / pid / "ground_truth.json").read_text())
         assert truth["patient_id"] == pid
     assert not list(sample_run.rglob("*.partial")), "a half-written output was left behind"
+    table = pd.read_csv(sample_run / "cohort" / "patients.tsv", sep="\t")
+    assert list(table["patient_id"]) == patients and "gtv_pet_suvmax" in table.columns and "gtv_ktrans_median" in table.columns
+    assert json.loads((sample_run / "cohort" / "outcomes" / "summary.json").read_text())["patients"] == SAMPLE_PATIENTS
+
+
+def test_report_has_the_categories(sample_run: Path, tmp_path: Path) -> None:
+    config = write_config(sample_run.parent / "sample_config.yaml", results=str(sample_run),
+                          sample={"patients": SAMPLE_PATIENTS, "seed": 20240101, "preset": "small"})
+    report = tmp_path / "report.zip"
+    run_snakemake("--configfile", str(config), "--report", str(report))
+    import zipfile
+
+    with zipfile.ZipFile(report) as archive:
+        names = archive.namelist()
+        text = " ".join(archive.read(n).decode("utf-8", "ignore") for n in names if n.endswith((".html", ".js")))
+    for category in ("Per-patient QC", "Survival", "Toxicity", "Simon monitor", "Quality of life", "Cohort tables"):
+        assert category in text, category
+    assert any(n.endswith("km_LPFS.png") for n in names) and any("fdg_fused.png" in n for n in names)
 
 
 def test_rerun_has_nothing_to_do(sample_run: Path) -> None:

@@ -97,6 +97,29 @@ def _cmd_perfusion(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_outcomes(args: argparse.Namespace) -> int:
+    from isotox.outcomes.tabulate import tabulate_outcomes
+    from isotox.settings import load_protocol
+
+    summary = tabulate_outcomes(args.clinical, args.out, load_protocol(args.protocol), qol=args.qol, patients=args.patients)
+    print(json.dumps(summary, indent=2, default=float))
+    return 0
+
+
+def _cmd_simon(args: argparse.Namespace) -> int:
+    from isotox.outcomes.simon import evaluate, optimal_and_minimax, smallest_r
+
+    optimal, minimax = optimal_and_minimax(args.p0, args.p1, args.alpha, args.power, n_max=args.n_max)
+    result = {"optimal": optimal.as_dict(), "minimax": minimax.as_dict()}
+    if args.r1 is not None and args.n1 is not None and args.n is not None:
+        r = args.r if args.r is not None else smallest_r(args.r1, args.n1, args.n, args.p0, args.alpha)
+        own = evaluate(args.r1, args.n1, r, args.n, args.p0, args.p1)
+        result["given"] = {**own.as_dict(), "meets_alpha": own.alpha <= args.alpha, "meets_power": own.power >= args.power,
+                           "is_optimal": (own.r1, own.n1, own.r, own.n) == (optimal.r1, optimal.n1, optimal.r, optimal.n)}
+    print(json.dumps(result, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="isotox", description="NSCLC imaging to isotoxic RT prescriptions and trial outcomes.")
     parser.add_argument("--version", action="version", version=f"isotox {__version__}")
@@ -141,6 +164,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default="config/config.yaml", help="config whose 'perfusion' section is used")
     p.add_argument("--patient-id", help="patient id for messages (default: the name of PATIENT_DIR)")
     p.set_defaults(func=_cmd_perfusion)
+
+    p = sub.add_parser("outcomes", help="stage 6: endpoints, Kaplan-Meier, toxicity, Simon monitor, QoL for a cohort")
+    p.add_argument("clinical", help="clinical TSV (one row per patient; see config/schemas/clinical.schema.yaml)")
+    p.add_argument("--out", required=True, help="output folder (written atomically)")
+    p.add_argument("--qol", help="QoL TSV, long format: patient_id, timepoint, q1..q43")
+    p.add_argument("--protocol", default="config/protocols/pet_boost.yaml", help="protocol YAML (endpoint definitions, Simon design)")
+    p.add_argument("--patients", help="per-patient imaging/dose table (TSV with patient_id), joined for toxicity and feasibility")
+    p.set_defaults(func=_cmd_outcomes)
+
+    p = sub.add_parser("simon", help="Simon two-stage optimal and minimax designs; evaluate a given rule")
+    p.add_argument("--p0", type=float, required=True, help="unacceptable rate")
+    p.add_argument("--p1", type=float, required=True, help="hoped-for rate")
+    p.add_argument("--alpha", type=float, default=0.05)
+    p.add_argument("--power", type=float, default=0.8)
+    p.add_argument("--n-max", type=int, default=100, help="largest total size searched")
+    p.add_argument("--r1", type=int, help="a given rule: stop after n1 if <= r1 responses")
+    p.add_argument("--n1", type=int)
+    p.add_argument("--r", type=int, help="final cut-off (default: the smallest keeping alpha)")
+    p.add_argument("--n", type=int)
+    p.set_defaults(func=_cmd_simon)
 
     p = sub.add_parser("validate", help="validate a config, cohort sheet, protocol or ROI-name file against its schema")
     p.add_argument("kind", choices=["config", "cohort", "protocol", "roi_names"])

@@ -144,5 +144,16 @@ def physical_points(image: sitk.Image, mask: NDArray[np.bool_]) -> NDArray[np.fl
     return np.asarray(image.GetOrigin()) + (ijk * np.asarray(image.GetSpacing())) @ direction.T
 
 
+def sample_points(image: sitk.Image, mask: NDArray[np.bool_], n: int, seed: int = 0) -> NDArray[np.float64]:
+    """LPS coordinates of ``n`` voxels of ``mask`` drawn at random (all when fewer), without
+    materialising every voxel's coordinates (a 512 x 512 body has 15 million)."""
+    flat = np.flatnonzero(mask)
+    if flat.size > n:
+        flat = np.sort(np.random.default_rng(seed).choice(flat, size=n, replace=False))
+    sub = np.zeros(mask.shape, dtype=bool)
+    sub.flat[flat] = True
+    return physical_points(image, sub)
+
+
 def centroid_mm(image: sitk.Image, mask: NDArray[np.bool_]) -> NDArray[np.float64]:
     return physical_points(image, mask).mean(axis=0)

@@ -110,6 +110,27 @@ def patient_seed_point(wildcards):
     return "" if value is None or str(value) in ("", "nan") else str(value)
 
 
+def clinical_table():
+    """The clinical follow-up TSV: the sample's, or cohort.clinical (None when a sheet run has none yet:
+    imaging stages run before follow-up exists; the outcome tables are then skipped, with a note)."""
+    if is_sample():
+        return f"{SAMPLE_DIR}/clinical.tsv"
+    path = config["cohort"].get("clinical")
+    if path and not Path(path).is_file():
+        logger.warning(f"cohort.clinical ({path}) not found: the outcome tables (stage 6) are skipped")
+        return None
+    return path
+
+
+def outcome_inputs(wildcards):
+    """Inputs of the outcomes rule: the clinical table and, when there is one, the QoL table."""
+    inputs = {"clinical": clinical_table()}
+    qol = f"{SAMPLE_DIR}/qol.tsv" if is_sample() else config["cohort"].get("qol")
+    if qol:
+        inputs["qol"] = qol
+    return inputs
+
+
 def sample_patient_dirs():
     return expand(f"{SAMPLE_DIR}/{{pid}}", pid=PATIENTS)
 
@@ -119,4 +140,6 @@ def cohort_targets():
     targets = expand(f"{RESULTS}/patients/{{pid}}/{{stage}}", pid=PATIENTS, stage=["ingest", "register", "segment", "perfusion"])
     if is_sample():
         targets += [f"{SAMPLE_DIR}/{name}.tsv" for name in ("cohort", "clinical", "qol")]
+    if clinical_table():
+        targets.append(f"{RESULTS}/cohort/outcomes/summary.json")
     return targets

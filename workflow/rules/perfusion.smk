@@ -8,7 +8,13 @@ rule perfusion:
         register=f"{RESULTS}/patients/{{pid}}/register",
         segment=f"{RESULTS}/patients/{{pid}}/segment",
     output:
-        stage=directory(f"{RESULTS}/patients/{{pid}}/perfusion"),
+        stage=report(
+            directory(f"{RESULTS}/patients/{{pid}}/perfusion"),
+            patterns=["qc/{name}.png"],
+            caption="../report/qc.rst",
+            category="Per-patient QC",
+            subcategory="{pid}",
+        ),
     params:
         settings=config.get("perfusion", {}),
     log:

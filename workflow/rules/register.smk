@@ -6,7 +6,13 @@ rule register:
     input:
         ingest=f"{RESULTS}/patients/{{pid}}/ingest",
     output:
-        stage=directory(f"{RESULTS}/patients/{{pid}}/register"),
+        stage=report(
+            directory(f"{RESULTS}/patients/{{pid}}/register"),
+            patterns=["qc/{name}.png"],
+            caption="../report/qc.rst",
+            category="Per-patient QC",
+            subcategory="{pid}",
+        ),
     params:
         settings=config.get("registration", {}),
     log:

@@ -8,7 +8,13 @@ rule segment:
         register=f"{RESULTS}/patients/{{pid}}/register",
         protocol=config["protocol"],
     output:
-        stage=directory(f"{RESULTS}/patients/{{pid}}/segment"),
+        stage=report(
+            directory(f"{RESULTS}/patients/{{pid}}/segment"),
+            patterns=["qc/{name}.png"],
+            caption="../report/qc.rst",
+            category="Per-patient QC",
+            subcategory="{pid}",
+        ),
     params:
         settings=config.get("segmentation", {}),
         histology=patient_histology,

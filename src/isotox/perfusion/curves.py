@@ -47,10 +47,10 @@ def detect_baseline_frames(t_s: NDArray[np.float64], aif_hu: NDArray[np.float64]
     return n
 
 
-def enhancement(frames: NDArray[np.floating], n_baseline: int) -> NDArray[np.float64]:
-    """(T, ...) frames in HU -> enhancement over the mean of the first ``n_baseline`` frames."""
-    frames = np.asarray(frames, dtype=np.float64)
-    return frames - frames[:n_baseline].mean(axis=0)
+def enhancement(frames: NDArray[np.floating], n_baseline: int) -> NDArray[np.floating]:
+    """(T, ...) frames in HU -> enhancement over the mean of the first ``n_baseline`` frames (dtype kept)."""
+    frames = np.asarray(frames)
+    return frames - frames[:n_baseline].mean(axis=0, dtype=np.float64).astype(frames.dtype)
 
 
 @dataclass

@@ -94,7 +94,7 @@ def _load(patient: str, patient_dir: Path) -> tuple[sitk.Image, NDArray[np.float
     if len(t) != len(frames) or len(t) < 5:
         raise InputDataError(patient, ingest / "dce_frames.tsv", f"{len(t)} frame times for {len(frames)} frames (need >= 5, one per frame)",
                              "re-export the DCE series with one AcquisitionTime per frame")
-    stack = np.stack([array(f) for f in frames]).astype(np.float64)
+    stack = np.stack([array(f) for f in frames]).astype(np.float32)  # float32: a clinical slab is ~0.4 GB per copy
     return frames[0], stack, t, sitk.ReadTransform(str(register / "dce.tfm")), read_image(ingest / "planning_ct.nii.gz")
 
 
@@ -113,27 +113,26 @@ def _plot_aif(path: Path, t: NDArray[np.float64], blood: NDArray[np.float64], pl
     plt.close(fig)
 
 
-def _summaries(maps: dict[str, sitk.Image], regions: dict[str, NDArray[np.bool_]]) -> pd.DataFrame:
+def _summaries(values: dict[tuple[str, str], NDArray[np.float32]], voxels: dict[str, int]) -> pd.DataFrame:
+    """Per region and map: coverage, median, mean, IQR, and the model's failed/reduced fractions.
+
+    ``values[(region, map)]`` holds the map's planning-grid values inside the region.
+    """
     rows = []
-    for region, mask in regions.items():
-        if not mask.any():
+    for (region, name), v_all in values.items():
+        if name.endswith(("_failed", "_reduced")):
             continue
-        for name, image in maps.items():
-            if name.endswith(("_failed", "_reduced")):
-                continue
-            values = array(image)[mask]
-            inside = np.isfinite(values)
-            row: dict[str, Any] = {"region": region, "map": name, "voxels": int(mask.sum()), "coverage": float(inside.mean())}
-            model = name.split("_")[0]
-            for kind in ("failed", "reduced"):
-                flag_map = maps.get(f"{model}_{kind}")
-                if flag_map is not None:
-                    f = array(flag_map)[mask]
-                    row[f"{kind}_fraction"] = float(np.nanmean(f)) if np.isfinite(f).any() else float("nan")
-            v = values[inside]
-            row.update({"median": float(np.median(v)) if v.size else float("nan"), "mean": float(v.mean()) if v.size else float("nan"),
-                        "q25": float(np.percentile(v, 25)) if v.size else float("nan"), "q75": float(np.percentile(v, 75)) if v.size else float("nan")})
-            rows.append(row)
+        inside = np.isfinite(v_all)
+        row: dict[str, Any] = {"region": region, "map": name, "voxels": voxels[region], "coverage": float(inside.mean())}
+        model = name.split("_")[0]
+        for kind in ("failed", "reduced"):
+            flags = values.get((region, f"{model}_{kind}"))
+            if flags is not None:
+                row[f"{kind}_fraction"] = float(np.nanmean(flags)) if np.isfinite(flags).any() else float("nan")
+        v = v_all[inside]
+        row.update({"median": float(np.median(v)) if v.size else float("nan"), "mean": float(v.mean()) if v.size else float("nan"),
+                    "q25": float(np.percentile(v, 25)) if v.size else float("nan"), "q75": float(np.percentile(v, 75)) if v.size else float("nan")})
+        rows.append(row)
     return pd.DataFrame(rows)
 
 
@@ -164,7 +163,9 @@ def perfusion_patient(patient_dir: str | Path, settings: PerfusionSettings | Non
         raise InputDataError(patient, patient_dir / "register" / "dce_mc.nii.gz", "no arterial input: no enhancing vessel in the DCE slab",
                              "check that the slab contains the aorta and contrast was given, or set perfusion.aif: structure")
     n_base = detect_baseline_frames(t, rough[:, roi].mean(axis=1)) if settings.baseline_frames == "auto" else int(settings.baseline_frames)
+    del rough
     enh = enhancement(stack, n_base)
+    del stack
     aif = arterial_input(enh, t, roi, source)
     arrival = bolus_arrival_s(t, aif.blood_hu, n_base)
     plasma = aif.blood_hu / (1.0 - settings.hematocrit)
@@ -175,7 +176,7 @@ def perfusion_patient(patient_dir: str | Path, settings: PerfusionSettings | Non
     enh_raw = enh
     if settings.smoothing_fwhm_mm > 0:
         sigma = settings.smoothing_fwhm_mm / (2.0 * np.sqrt(2.0 * np.log(2.0)))
-        enh = np.stack([array(sitk.SmoothingRecursiveGaussian(like(dce_ref, e), sigma)) for e in enh]).astype(np.float64)
+        enh = np.stack([array(sitk.SmoothingRecursiveGaussian(like(dce_ref, e), sigma)) for e in enh]).astype(np.float32)
     tumour_dce = _to_dce(planning_masks["GTV"], planning, dce_ref, planning_to_dce) if "GTV" in planning_masks else np.zeros_like(body)
     tumour_region = expand(tumour_dce, spacing, settings.tumour_margin_mm) & body  # type: ignore[arg-type]
     if not tumour_dce.any():
@@ -193,7 +194,7 @@ def perfusion_patient(patient_dir: str | Path, settings: PerfusionSettings | Non
             extra["reduced"] = result.reduced.astype(float)
         for name in (*PARAMETERS[model], *extra) + (("delay",) if delay == "fit" else ()):
             values = extra[name] if name in extra else result.params[name]
-            full = np.full(body.shape, np.nan)
+            full = np.full(body.shape, np.nan, dtype=np.float32)
             full[where] = values
             dce_maps[f"{model}_{name}"] = full
         fit_stats[model] = {"voxels": int(where.sum()), "failed_fraction": float(result.failed.mean()), "median_r2": float(np.nanmedian(result.r2)),
@@ -205,9 +206,7 @@ def perfusion_patient(patient_dir: str | Path, settings: PerfusionSettings | Non
     dce_maps["bf_maxslope"] = bf
 
     # onto the planning CT, tumour summaries ---------------------------------------------------
-    maps = {name: _to_planning(v, dce_ref, planning, planning_to_dce) for name, v in dce_maps.items()}
-    regions_plan = {n: m for n, m in planning_masks.items() if n in TUMOUR_REGIONS}
-    table = _summaries(maps, regions_plan)
+    regions_plan = {n: m for n, m in planning_masks.items() if n in TUMOUR_REGIONS and m.any()}
     roi_fits = []
     if tumour_dce.any():
         mean_curve = enh_raw[:, tumour_dce].mean(axis=1)
@@ -223,18 +222,25 @@ def perfusion_patient(patient_dir: str | Path, settings: PerfusionSettings | Non
     with atomic_path(patient_dir / STAGE) as out:
         (out / "maps").mkdir(parents=True)
         (out / "qc").mkdir()
-        for name, image in maps.items():
+        region_values: dict[tuple[str, str], NDArray[np.float32]] = {}
+        key = next((f"{m}_ktrans" for m in ("etofts", "tofts", "patlak") if f"{m}_ktrans" in dce_maps), None)
+        shown = None
+        for name in list(dce_maps):  # one planning-grid map in memory at a time (a 512 x 512 CT grid is 0.1 GB each)
+            image = _to_planning(dce_maps.pop(name), dce_ref, planning, planning_to_dce)
             write_image(image, out / "maps" / f"{name}.nii.gz")
+            values = array(image)
+            region_values.update({(region, name): values[mask] for region, mask in regions_plan.items()})
+            shown = image if name == key else shown
+        table = _summaries(region_values, {r: int(m.sum()) for r, m in regions_plan.items()})
         write_image(like(dce_ref, aif.mask.astype(np.uint8)), out / "aif_roi_dce_grid.nii.gz")
         pd.DataFrame({"time_s": t, "blood_hu": aif.blood_hu, "plasma_hu": plasma}).to_csv(out / "aif.tsv", sep="\t", index=False, float_format="%.4f")
         table.to_csv(out / "tumour_perfusion.tsv", sep="\t", index=False, float_format="%.5g")
         pd.DataFrame(roi_fits).to_csv(out / "tumour_roi_fits.tsv", sep="\t", index=False, float_format="%.5g")
         (out / "perfusion.json").write_text(json.dumps(summary, indent=2, default=float) + "\n", encoding="utf-8")
         _plot_aif(out / "qc" / "aif.png", t, aif.blood_hu, plasma, arrival, n_base, f"{patient}: arterial input ({source})")
-        key = next((f"{m}_ktrans" for m in ("etofts", "tofts", "patlak") if f"{m}_ktrans" in maps), None)
-        if key is not None:
+        if shown is not None:
             centre = centroid_mm(planning, planning_masks["GTV"]) if "GTV" in planning_masks else centroid_mm(planning, array(planning) > -400)
-            three_planes(planning, centre, out / "qc" / "ktrans.png", f"{patient}: {key} (/min)", overlay=maps[key], overlay_label="Ktrans (/min)",
+            three_planes(planning, centre, out / "qc" / "ktrans.png", f"{patient}: {key} (/min)", overlay=shown, overlay_label="Ktrans (/min)",
                          contours={n: m for n, m in regions_plan.items() if n in ("GTV", "GTV_SUV50")})
     for flag in flags:
         log.warning("%s: %s", patient, flag)

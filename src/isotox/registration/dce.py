@@ -16,7 +16,7 @@ import pandas as pd
 import SimpleITK as sitk
 from numpy.typing import NDArray
 
-from isotox.images import body_mask, physical_points, resample_to
+from isotox.images import body_mask, resample_to, sample_points
 from isotox.registration.rigid import RegistrationSettings, register_rigid
 
 
@@ -44,8 +44,7 @@ def motion_correct(frames: list[sitk.Image], settings: RegistrationSettings) -> 
     reference = frames[0]
     body = body_mask(reference)
     sl = slab_settings(settings, reference)
-    points = physical_points(reference, body)
-    points = points[:: max(1, len(points) // 2000)]
+    points = sample_points(reference, body, 2000)
     corrected, rows = [reference], [{"frame": 0, "mean_displacement_mm": 0.0, "max_displacement_mm": 0.0, "metric": np.nan}]
     for n, frame in enumerate(frames[1:], start=1):
         result = register_rigid(reference, frame, sl, body, None)

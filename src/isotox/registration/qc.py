@@ -18,7 +18,7 @@ import numpy as np
 import SimpleITK as sitk
 from numpy.typing import NDArray
 
-from isotox.images import dice, inside_image, lung_mask, mask_image, physical_points, resample_to
+from isotox.images import dice, inside_image, lung_mask, mask_image, resample_to, sample_points
 from isotox.registration.rigid import RegistrationSettings, register_rigid
 
 
@@ -56,9 +56,7 @@ def inverse_consistency_mm(fixed: sitk.Image, moving: sitk.Image, forward: sitk.
                            fixed_body: NDArray[np.bool_], moving_body: NDArray[np.bool_], n_points: int = 2000) -> float:
     """Mean |B(F(x)) - x| over body points x of the fixed image, B registered independently."""
     backward = register_rigid(moving, fixed, settings, moving_body, fixed_body).transform
-    points = physical_points(fixed, fixed_body)
-    rng = np.random.default_rng(settings.seed)
-    points = points[rng.choice(len(points), size=min(n_points, len(points)), replace=False)]
+    points = sample_points(fixed, fixed_body, n_points, settings.seed)
     round_trip = np.array([backward.TransformPoint(forward.TransformPoint(tuple(p))) for p in points])
     return float(np.linalg.norm(round_trip - points, axis=1).mean())
 

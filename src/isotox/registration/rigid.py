@@ -34,6 +34,7 @@ class RegistrationSettings:
     bspline_mesh_mm: float = 60.0
     bspline_iterations: int = 50
     inverse_consistency: bool = True
+    working_spacing_mm: float = 2.0
     max_inverse_consistency_mm: float = 2.0
     min_lung_dice: float = 0.8
     seed: int = 20240101
@@ -77,6 +78,24 @@ def _method(settings: RegistrationSettings, fixed_mask: sitk.Image | None, movin
     return reg
 
 
+def working_resolution(image: sitk.Image, mask: NDArray[np.bool_] | None, spacing_mm: float) -> tuple[sitk.Image, NDArray[np.bool_] | None]:
+    """Block-average ``image`` (integer factors per axis) until its voxels are >= ``spacing_mm``.
+
+    A rigid transform has six parameters: sub-millimetre in-plane voxels add hours of metric
+    evaluations and no accuracy (the finest pyramid level of a 512 x 512 CT would otherwise run
+    at 1 mm). Averaging (not subsampling) keeps the noise down and avoids aliasing; the mask is
+    subsampled with the same factors.
+    """
+    factors = [max(1, int(spacing_mm // s)) for s in image.GetSpacing()]
+    if all(f == 1 for f in factors):
+        return image, mask
+    small = sitk.BinShrink(sitk.Cast(image, sitk.sitkFloat32), factors)
+    if mask is None:
+        return small, None
+    shrunk = sitk.BinShrink(sitk.Cast(mask_image(image, mask), sitk.sitkFloat32), factors)
+    return small, sitk.GetArrayFromImage(shrunk) >= 0.5
+
+
 def register_rigid(fixed: sitk.Image, moving: sitk.Image, settings: RegistrationSettings,
                    fixed_mask: NDArray[np.bool_] | None = None, moving_mask: NDArray[np.bool_] | None = None,
                    initial: sitk.Transform | None = None) -> RigidResult:
@@ -86,6 +105,8 @@ def register_rigid(fixed: sitk.Image, moving: sitk.Image, settings: Registration
     tumour region, which keeps the optimiser's scales balanced).
     """
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(max(1, settings.threads))
+    fixed, fixed_mask = working_resolution(fixed, fixed_mask, settings.working_spacing_mm)
+    moving, moving_mask = working_resolution(moving, moving_mask, settings.working_spacing_mm)
     fixed_f = sitk.Cast(fixed, sitk.sitkFloat32)
     moving_f = sitk.Cast(moving, sitk.sitkFloat32)
     fm = mask_image(fixed, fixed_mask) if fixed_mask is not None else None

@@ -1,0 +1,224 @@
+"""Stage 6 for a cohort: every outcome table and figure from the clinical table (+ QoL, + patient summaries).
+
+``tabulate_outcomes`` writes into one folder (atomically):
+
+``problems.tsv``            every row/date/item problem: patient, column, what is wrong
+``endpoints.tsv``           per patient: months and event code of OS, PFS, TTP, LC, LPFS
+``survival.tsv``            per endpoint and group: n, events, median (95 % CI; empty = not reached), estimate at each landmark (95 % CI, at risk)
+``logrank.tsv``             per endpoint: log-rank chi-square, df, p between arms
+``cumulative_incidence.tsv`` LPFS with death competing (Aalen-Johansen), when the protocol says so
+``km_{endpoint}.png``       KM curves per arm with numbers at risk
+``toxicity_fits.tsv``, ``toxicity_bins.tsv``, ``toxicity.png``  toxicity vs dose/volume (when dose columns exist)
+``simon.tsv``, ``simon.json`` optimal/minimax designs, the protocol's own rule, the monitor decision
+``feasibility.tsv``         proportion with the 72 Gy whole-tumour boost feasible (exact CI); dose per arm
+``qol_scores.tsv``, ``qol_change.tsv``, ``qol_summary.tsv``, ``qol.png``  EORTC scales
+``summary.json``            the headline numbers (primary endpoint first)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from isotox.atomic import atomic_path  # noqa: E402
+from isotox.outcomes import qol as qol_scoring  # noqa: E402
+from isotox.outcomes import simon  # noqa: E402
+from isotox.outcomes.clinical import ClinicalTable, read_clinical  # noqa: E402
+from isotox.outcomes.endpoints import ENDPOINTS, endpoint_table  # noqa: E402
+from isotox.outcomes.survival import cumulative_incidence, kaplan_meier, km_plot, logrank  # noqa: E402
+from isotox.outcomes.toxicity import exact_ci, toxicity_tables  # noqa: E402
+
+log = logging.getLogger(__name__)
+RANDOMIZED_ARMS = ("A", "B")
+
+
+def serious_toxicity(rows: pd.DataFrame, rule: dict[str, Any]) -> pd.Series:
+    """The protocol's serious toxicity: pneumonitis >= grade p, oesophagitis >= grade e, or
+    oesophagitis >= grade i with an RT interruption longer than d days."""
+    pneu = rows.get("pneumonitis_grade", pd.Series(0, index=rows.index)).fillna(0).astype(int)
+    eso = rows.get("esophagitis_grade", pd.Series(0, index=rows.index)).fillna(0).astype(int)
+    pause = rows.get("rt_interruption_days", pd.Series(0, index=rows.index)).fillna(0).astype(int)
+    return ((pneu >= rule["pneumonitis_min_grade"]) | (eso >= rule["esophagitis_min_grade"])
+            | ((eso >= rule["esophagitis_interruption_grade"]) & (pause > rule["esophagitis_interruption_days"])))
+
+
+def _survival(endpoints: pd.DataFrame, arms: pd.Series, landmarks_years: list[float], out: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    landmarks = [12.0 * y for y in landmarks_years]
+    rows, tests = [], []
+    for name in ENDPOINTS:
+        t, e = endpoints[f"{name}_months"], endpoints[f"{name}_event"]
+        ok = t.notna() & e.notna()
+        fits = []
+        groups: list[tuple[str, pd.Series]] = [("all", ok)]
+        groups += [(f"arm {a}", ok & (arms == a)) for a in RANDOMIZED_ARMS if (ok & (arms == a)).sum() > 0]
+        for label, mask in groups:
+            if mask.sum() == 0:
+                continue
+            kmf, summary = kaplan_meier(t[mask], e[mask], landmarks, label=label)
+            if label != "all":
+                fits.append(kmf)
+            finite = lambda v: v if np.isfinite(v) else np.nan  # noqa: E731  (inf = not reached -> NaN, as R's NA)
+            row: dict[str, Any] = {"endpoint": name, "group": label, "n": summary.n, "events": summary.events, "median_months": finite(summary.median),
+                                   "median_ci_low": finite(summary.median_lower), "median_ci_high": finite(summary.median_upper)}
+            for _, lm in summary.landmarks.iterrows():
+                y = f"{lm['time'] / 12:g}y"
+                row.update({f"{y}_estimate": lm["estimate"], f"{y}_ci_low": lm["lower"], f"{y}_ci_high": lm["upper"], f"{y}_at_risk": lm["at_risk"]})
+            rows.append(row)
+            if label == "all" and not fits:
+                overall = kmf
+        randomized = ok & arms.isin(RANDOMIZED_ARMS)
+        test = logrank(t[randomized], e[randomized], arms[randomized]) if arms[randomized].nunique() == 2 else {"chisq": np.nan, "df": 0, "p": np.nan}
+        tests.append({"endpoint": name, "comparison": "arm A vs arm B", **test})
+        km_plot(fits if fits else [overall], f"{name} (Kaplan-Meier, 95 % CI log-log)", str(out / f"km_{name}.png"))
+    return pd.DataFrame(rows), pd.DataFrame(tests)
+
+
+def _feasibility(rows: pd.DataFrame, patients: pd.DataFrame | None) -> pd.DataFrame:
+    """Boost feasibility: from the plans (``boost_feasible``) when present, else from the allocation
+    (PET-boost: a patient is randomized only when the 72 Gy whole-tumour boost is feasible)."""
+    out = []
+    if patients is not None and "boost_feasible" in patients.columns:
+        flags = patients["boost_feasible"].dropna().astype(str).str.lower().isin(["true", "1", "yes"])
+        source = "plans (boost_feasible)"
+    elif "arm" in rows.columns and rows["arm"].notna().any():
+        flags = rows["arm"].dropna().isin(RANDOMIZED_ARMS)
+        source = "allocation (randomized = boost feasible)"
+    else:
+        return pd.DataFrame([{"measure": "boost feasible", "note": "no arm and no boost_feasible column"}])
+    k, n = int(flags.sum()), int(flags.size)
+    low, high = exact_ci(k, n)
+    out.append({"measure": "whole-tumour boost to 72 Gy feasible", "source": source, "n": n, "feasible": k,
+                "proportion": k / n if n else np.nan, "ci_low": low, "ci_high": high, "ci_method": "Clopper-Pearson exact"})
+    if patients is not None and "prescribed_dose_gy" in patients.columns and "arm" in rows.columns:
+        dose = patients["prescribed_dose_gy"].astype(float).rename("dose")
+        joined = rows[["arm"]].join(dose, how="inner")
+        for arm, group in joined.groupby("arm"):
+            d = group["dose"].dropna()
+            out.append({"measure": f"prescribed dose, arm {arm}", "n": len(d), "median_gy": d.median(), "min_gy": d.min(), "max_gy": d.max()})
+    return pd.DataFrame(out)
+
+
+def _simon(rows: pd.DataFrame, protocol: dict[str, Any]) -> dict[str, Any]:
+    safety = protocol.get("safety", {})
+    if "simon" not in safety:
+        return {"note": "the protocol has no Simon two-stage section"}
+    s = safety["simon"]
+    optimal, minimax = simon.optimal_and_minimax(s["p0"], s["p1"], s["alpha"], s["power"])
+    r = s.get("r", simon.smallest_r(s["r1"], s["n1"], s["n"], s["p0"], s["alpha"]))
+    own = simon.evaluate(s["r1"], s["n1"], r, s["n"], s["p0"], s["p1"])
+    order = rows.sort_values("registration_date") if "registration_date" in rows else rows
+    first = order.head(s["n1"])
+    free = int((~serious_toxicity(first, safety["serious_toxicity"])).sum())
+    is_optimal = (own.r1, own.n1, own.r, own.n) == (optimal.r1, optimal.n1, optimal.r, optimal.n)
+    return {"p0": s["p0"], "p1": s["p1"], "alpha": s["alpha"], "power": s["power"],
+            "protocol_design": own.as_dict(), "protocol_design_meets_alpha": own.alpha <= s["alpha"] + 1e-12,
+            "protocol_design_meets_power": own.power >= s["power"] - 1e-12, "protocol_design_is_optimal": is_optimal,
+            "optimal": optimal.as_dict(), "minimax": minimax.as_dict(),
+            "monitor": {"stage1_patients": int(len(first)), "free_of_serious_toxicity": free,
+                        "serious_toxicities": int(len(first) - free),
+                        "decision": simon.monitor(free, int(len(first)), s["r1"], s["n1"])}}
+
+
+def _qol(answers: pd.DataFrame, arms: pd.Series, out: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
+    problems = qol_scoring.check_items(answers)
+    scores = qol_scoring.score(answers)
+    change = qol_scoring.change_from_baseline(scores)
+    scores.to_csv(out / "qol_scores.tsv", sep="\t", index=False, float_format="%.2f")
+    change.to_csv(out / "qol_change.tsv", sep="\t", index=False, float_format="%.2f")
+    scores = scores.assign(arm=scores["patient_id"].map(arms).fillna("unknown"))
+    scales = [c for c in scores.columns if c not in ("patient_id", "timepoint", "arm")]
+    order = list(dict.fromkeys(answers["timepoint"]))
+    summary = scores.groupby(["timepoint", "arm"])[scales].agg(["mean", "count"])
+    summary.columns = [f"{a}_{b}" for a, b in summary.columns]
+    summary = summary.reset_index()
+    summary["timepoint"] = pd.Categorical(summary["timepoint"], order, ordered=True)
+    summary.sort_values(["timepoint", "arm"]).to_csv(out / "qol_summary.tsv", sep="\t", index=False, float_format="%.2f")
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4))
+    for ax, scale, title in zip(axes, ("QL2", "DY", "LCDY"), ("Global health status (QL2)", "Dyspnoea (C30 DY)", "Dyspnoea (LC13)")):
+        means = scores.groupby(["arm", "timepoint"])[scale].mean().unstack(0).reindex(order)
+        means.plot(ax=ax, marker="o")
+        ax.set_title(title)
+        ax.set_ylim(0, 100)
+        ax.set_ylabel("score (0-100)")
+    fig.tight_layout()
+    fig.savefig(out / "qol.png", dpi=90)
+    plt.close(fig)
+    return problems.assign(problem="answer out of range (set to missing)").rename(columns={"value": "detail"}), {"timepoints": order, "patients": int(answers["patient_id"].nunique())}
+
+
+def _toxicity_plot(bins: pd.DataFrame, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    if bins.empty:
+        ax.text(0.5, 0.5, "no dose-volume columns yet (planning stage)", ha="center", va="center")
+        ax.set_axis_off()
+    else:
+        for (endpoint, variable), group in bins.groupby(["endpoint", "variable"]):
+            ax.errorbar(range(len(group)), group["rate"], yerr=[group["rate"] - group["ci_low"], group["ci_high"] - group["rate"]], marker="o", capsize=3, label=f"{endpoint} vs {variable}")
+        ax.set_xlabel("dose bin (quartiles)")
+        ax.set_ylabel("observed rate (95 % exact CI)")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def tabulate_outcomes(clinical: str | Path | ClinicalTable, out_dir: str | Path, protocol: dict[str, Any], *, qol: str | Path | None = None,
+                      patients: str | Path | None = None) -> dict[str, Any]:
+    """Write every outcome table and figure for the cohort into ``out_dir`` (see module docstring)."""
+    table = clinical if isinstance(clinical, ClinicalTable) else read_clinical(clinical)
+    rows = table.rows
+    endpoints_cfg = protocol.get("endpoints", {})
+    endpoints, date_problems = endpoint_table(rows, endpoints_cfg.get("time_origin", "registration"), endpoints_cfg.get("death_in_local_progression", "event"))
+    arms = rows["arm"] if "arm" in rows.columns else pd.Series(np.nan, index=rows.index)
+    patient_table = pd.read_csv(patients, sep="\t", dtype={"patient_id": str}).set_index("patient_id") if patients else None
+    merged = rows.join(patient_table, how="left", rsuffix="_imaging") if patient_table is not None else rows
+    summary: dict[str, Any] = {"patients": int(len(rows)), "excluded_rows": table.excluded, "protocol": protocol.get("name")}
+    with atomic_path(out_dir) as out:
+        out.mkdir(parents=True)
+        endpoints.to_csv(out / "endpoints.tsv", sep="\t", index=False, float_format="%.3f")
+        surv, tests = _survival(endpoints, arms, endpoints_cfg.get("landmarks_years", [1, 3, 5]), out)
+        surv.to_csv(out / "survival.tsv", sep="\t", index=False, float_format="%.4f")
+        tests.to_csv(out / "logrank.tsv", sep="\t", index=False, float_format="%.4g")
+        if endpoints_cfg.get("death_in_local_progression") == "competing":
+            ok = endpoints["LPFS_months"].notna()
+            cumulative_incidence(endpoints.loc[ok, "LPFS_months"], endpoints.loc[ok, "LPFS_event"], [12.0 * y for y in endpoints_cfg.get("landmarks_years", [1, 3, 5])]) \
+                .assign(endpoint="local progression (death competing)").to_csv(out / "cumulative_incidence.tsv", sep="\t", index=False, float_format="%.4f")
+        fits, bins = toxicity_tables(merged)
+        fits.to_csv(out / "toxicity_fits.tsv", sep="\t", index=False, float_format="%.4g")
+        bins.to_csv(out / "toxicity_bins.tsv", sep="\t", index=False, float_format="%.4g")
+        _toxicity_plot(bins, out / "toxicity.png")
+        simon_result = _simon(rows, protocol)
+        (out / "simon.json").write_text(json.dumps(simon_result, indent=2) + "\n", encoding="utf-8")
+        designs = [{"design": k, **v} for k, v in simon_result.items() if k in ("protocol_design", "optimal", "minimax")]
+        pd.DataFrame(designs).to_csv(out / "simon.tsv", sep="\t", index=False, float_format="%.4f")
+        _feasibility(rows, patient_table).to_csv(out / "feasibility.tsv", sep="\t", index=False, float_format="%.4f")
+        all_problems = [table.problems.assign(source="clinical row"), date_problems.assign(source="dates")]
+        if qol is not None:
+            qol_problems, summary["qol"] = _qol(pd.read_csv(qol, sep="\t", dtype={"patient_id": str, "timepoint": str}), arms, out)
+            all_problems.append(qol_problems.assign(source="qol"))
+        else:  # the figure always exists, so a workflow can declare it
+            fig, ax = plt.subplots(figsize=(6, 2))
+            ax.text(0.5, 0.5, "no quality-of-life table given", ha="center", va="center")
+            ax.set_axis_off()
+            fig.savefig(out / "qol.png", dpi=90)
+            plt.close(fig)
+        pd.concat(all_problems, ignore_index=True).to_csv(out / "problems.tsv", sep="\t", index=False)
+        primary = surv[(surv["endpoint"] == "LPFS") & (surv["group"] == "all")]
+        if len(primary):
+            p = primary.iloc[0]
+            summary["primary_lpfs_1y"] = {"estimate": p.get("1y_estimate"), "ci_low": p.get("1y_ci_low"), "ci_high": p.get("1y_ci_high"), "ci_method": "Greenwood, log(-log) transform"}
+        summary["simon_monitor"] = simon_result.get("monitor")
+        summary["problems"] = int(sum(len(p) for p in all_problems))
+        (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float) + "\n", encoding="utf-8")
+    for _, problem in table.problems.iterrows():
+        log.warning("%s: column %s: %s (row left out)", problem["patient_id"], problem["column"], problem["problem"])
+    return summary

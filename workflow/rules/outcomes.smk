@@ -1,0 +1,56 @@
+# Stage 6 (cohort level): the per-patient summary table, then endpoints, survival, toxicity,
+# the Simon monitor, quality of life. Figures and tables are tagged for `snakemake --report`.
+
+OUTCOMES = f"{RESULTS}/cohort/outcomes"
+
+
+rule cohort_table:
+    input:
+        segment=expand(f"{RESULTS}/patients/{{pid}}/segment", pid=PATIENTS),
+        perfusion=expand(f"{RESULTS}/patients/{{pid}}/perfusion", pid=PATIENTS),
+    output:
+        table=report(f"{RESULTS}/cohort/patients.tsv", caption="../report/patients.rst", category="Cohort tables"),
+    log:
+        f"{RESULTS}/logs/cohort_table.log",
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    conda:
+        "../../envs/isotox.yaml"
+    script:
+        "../scripts/cohort_table.py"
+
+
+rule outcomes:
+    input:
+        unpack(outcome_inputs),
+        protocol=config["protocol"],
+        patients=f"{RESULTS}/cohort/patients.tsv",
+    output:
+        summary=f"{OUTCOMES}/summary.json",
+        survival=report(f"{OUTCOMES}/survival.tsv", caption="../report/survival.rst", category="Survival"),
+        km_lpfs=report(f"{OUTCOMES}/km_LPFS.png", caption="../report/km.rst", category="Survival", subcategory="Kaplan-Meier", labels={"endpoint": "LPFS (primary)"}),
+        km_os=report(f"{OUTCOMES}/km_OS.png", caption="../report/km.rst", category="Survival", subcategory="Kaplan-Meier", labels={"endpoint": "OS"}),
+        km_pfs=report(f"{OUTCOMES}/km_PFS.png", caption="../report/km.rst", category="Survival", subcategory="Kaplan-Meier", labels={"endpoint": "PFS"}),
+        km_ttp=report(f"{OUTCOMES}/km_TTP.png", caption="../report/km.rst", category="Survival", subcategory="Kaplan-Meier", labels={"endpoint": "TTP"}),
+        km_lc=report(f"{OUTCOMES}/km_LC.png", caption="../report/km.rst", category="Survival", subcategory="Kaplan-Meier", labels={"endpoint": "local control"}),
+        logrank=f"{OUTCOMES}/logrank.tsv",
+        toxicity=report(f"{OUTCOMES}/toxicity.png", caption="../report/toxicity.rst", category="Toxicity"),
+        toxicity_fits=f"{OUTCOMES}/toxicity_fits.tsv",
+        simon=report(f"{OUTCOMES}/simon.tsv", caption="../report/simon.rst", category="Simon monitor"),
+        feasibility=report(f"{OUTCOMES}/feasibility.tsv", caption="../report/feasibility.rst", category="Cohort tables"),
+        qol=report(f"{OUTCOMES}/qol.png", caption="../report/qol.rst", category="Quality of life"),
+        problems=report(f"{OUTCOMES}/problems.tsv", caption="../report/problems.rst", category="Cohort tables"),
+    log:
+        f"{RESULTS}/logs/outcomes.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/outcomes.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=20,
+    conda:
+        "../../envs/isotox.yaml"
+    script:
+        "../scripts/outcomes.py"
