@@ -120,6 +120,16 @@ def _cmd_simon(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_dvh(args: argparse.Namespace) -> int:
+    from isotox.dose.rt_dvh import rt_dvh_table
+
+    table, notes = rt_dvh_table(args.rtstruct, args.rtdose, args.roi_names, args.roi)
+    for note in notes:
+        print(f"# {note}", file=sys.stderr)
+    print(table.to_csv(sep="\t", index=False, float_format="%.4f"), end="")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="isotox", description="NSCLC imaging to isotoxic RT prescriptions and trial outcomes.")
     parser.add_argument("--version", action="version", version=f"isotox {__version__}")
@@ -184,6 +194,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--r", type=int, help="final cut-off (default: the smallest keeping alpha)")
     p.add_argument("--n", type=int)
     p.set_defaults(func=_cmd_simon)
+
+    p = sub.add_parser("dvh", help="DVH metrics of an RTSTRUCT's ROIs in an RTDOSE (tab-separated table on stdout)")
+    p.add_argument("rtstruct")
+    p.add_argument("rtdose")
+    p.add_argument("--roi", action="append", help="only this ROI (clinic or canonical name; repeatable)")
+    p.add_argument("--roi-names", default="config/roi_names.yaml", help="ROI name synonyms")
+    p.set_defaults(func=_cmd_dvh)
 
     p = sub.add_parser("validate", help="validate a config, cohort sheet, protocol or ROI-name file against its schema")
     p.add_argument("kind", choices=["config", "cohort", "protocol", "roi_names"])
