@@ -249,3 +249,14 @@ def test_simon_cli(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli_main(["simon", "--p0", "0.05", "--p1", "0.25", "--alpha", "0.05", "--power", "0.8", "--r1", "0", "--n1", "9", "--n", "17"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["given"]["is_optimal"] and result["minimax"]["n"] == 16
+
+
+def test_qol_table_with_wrong_columns_is_refused(tmp_path: Path) -> None:
+    from isotox.errors import ConfigError
+
+    clinical = _clinical(tmp_path, ["P4\tB\t2024-01-01\t\t\t\t\t2025-01-01\t0\t0\t0"])
+    qol = tmp_path / "qol.tsv"
+    qol.write_text("patient_id\ttimepoint\tq1\tq44\nP4\tbaseline\t1\t2\n")
+    with pytest.raises(ConfigError, match="unknown columns \\['q44'\\]"):
+        tabulate_outcomes(clinical, tmp_path / "out", load_protocol(REPO / "config" / "protocols" / "pet_boost.yaml"), qol=qol)
+    assert not (tmp_path / "out").exists()

@@ -30,6 +30,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from isotox.atomic import atomic_path  # noqa: E402
+from isotox.errors import ConfigError  # noqa: E402
 from isotox.outcomes import qol as qol_scoring  # noqa: E402
 from isotox.outcomes import simon  # noqa: E402
 from isotox.outcomes.clinical import ClinicalTable, read_clinical  # noqa: E402
@@ -203,7 +204,12 @@ def tabulate_outcomes(clinical: str | Path | ClinicalTable, out_dir: str | Path,
         _feasibility(rows, patient_table).to_csv(out / "feasibility.tsv", sep="\t", index=False, float_format="%.4f")
         all_problems = [table.problems.assign(source="clinical row"), date_problems.assign(source="dates")]
         if qol is not None:
-            qol_problems, summary["qol"] = _qol(pd.read_csv(qol, sep="\t", dtype={"patient_id": str, "timepoint": str}), arms, out)
+            answers = pd.read_csv(qol, sep="\t", dtype={"patient_id": str, "timepoint": str})
+            missing = [c for c in ("patient_id", "timepoint") if c not in answers.columns]
+            unknown = [c for c in answers.columns if c not in ("patient_id", "timepoint", *qol_scoring.ITEM_COLUMNS)]
+            if missing or unknown:
+                raise ConfigError(qol, f"QoL table: missing columns {missing}, unknown columns {unknown} (expected patient_id, timepoint, q1..q43)")
+            qol_problems, summary["qol"] = _qol(answers, arms, out)
             all_problems.append(qol_problems.assign(source="qol"))
         else:  # the figure always exists, so a workflow can declare it
             fig, ax = plt.subplots(figsize=(6, 2))

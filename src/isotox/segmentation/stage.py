@@ -26,6 +26,7 @@ from isotox.atomic import atomic_path
 from isotox.errors import InputDataError
 from isotox.images import array, body_mask, centroid_mm, lung_mask, mask_image, read_image, split_lungs, voxel_cc, write_image
 from isotox.qcplots import three_planes
+from isotox.segmentation.aorta import find_descending_aorta
 from isotox.segmentation.features import pet_features
 from isotox.segmentation.hypoxia import blood_suv, hypoxia_metrics
 from isotox.segmentation.margins import expand
@@ -186,16 +187,30 @@ def _targets(work: _Work, fdg: NDArray[np.floating] | None, settings: Segmentati
     work.add("LUNGS_MINUS_GTV", lungs & ~tumour, "lungs minus every GTV (for the mean lung dose)")
 
 
+def _blood_roi(work: _Work) -> NDArray[np.bool_] | None:
+    """The RTSTRUCT's AORTA, else the descending aorta found on the (contrast) planning CT."""
+    if "AORTA" in work.masks and work.masks["AORTA"].any():
+        return work.masks["AORTA"]
+    found = find_descending_aorta(work.planning, work.masks["BODY"])
+    if not found.any():
+        return None
+    work.add("AORTA_CT", found, "descending aorta found on the planning CT (no AORTA structure)")
+    work.flags.append("blood ROI: descending aorta found on the planning CT (the RTSTRUCT has no AORTA); check qc/contours.png")
+    return found
+
+
 def _hypoxia(work: _Work, register: Path, settings: SegmentationSettings) -> None:
     tumour = work.masks["GTV"]
-    aorta = work.masks.get("AORTA")
+    needs_blood = any((register / f"{s}_pet_suv.nii.gz").exists() for s in ("hx4_2h", "hx4_4h"))
+    aorta = _blood_roi(work) if needs_blood else None
     for session, tag in (("hx4_2h", "2h"), ("hx4_4h", "4h")):
         path = register / f"{session}_pet_suv.nii.gz"
         if not path.exists():
             work.flags.append(f"hypoxia {tag}: no registered HX4 PET ({session})")
             continue
         if aorta is None or not aorta.any():
-            work.flags.append(f"hypoxia {tag}: no aorta ROI for the blood activity (add an AORTA structure): TBR not computed")
+            work.flags.append(f"hypoxia {tag}: no aorta ROI for the blood activity (no AORTA structure and none found on the CT, "
+                              "e.g. without contrast): add an AORTA structure; TBR not computed")
             continue
         pet = read_image(path)
         suv = array(pet)
@@ -267,7 +282,7 @@ def segment_patient(patient_dir: str | Path, settings: SegmentationSettings, pat
             write_image(image, out / f"{name}.nii.gz")
         pd.DataFrame([row]).to_csv(out / "features.tsv", sep="\t", index=False, float_format="%.4g")
         (out / "segment.json").write_text(json.dumps(summary, indent=2, default=float) + "\n", encoding="utf-8")
-        shown = {n: work.masks[n] for n in ("GTV", "GTV_PET", "GTV_SUV50", "HYPOXIC_4H", "CTV", "PTV", "SPINAL_CORD", "ESOPHAGUS") if n in work.masks}
+        shown = {n: work.masks[n] for n in ("GTV", "GTV_PET", "GTV_SUV50", "HYPOXIC_4H", "CTV", "PTV", "SPINAL_CORD", "ESOPHAGUS", "AORTA_CT") if n in work.masks}
         overlay = sitk.GetImageFromArray(fdg.astype(np.float32)) if fdg is not None else None
         if overlay is not None:
             overlay.CopyInformation(planning)
