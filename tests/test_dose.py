@@ -217,3 +217,13 @@ def test_infeasible_even_at_the_minimum_is_flagged_not_dropped() -> None:
     assert summary["violated_at_lowest"] == ["cord_per_fraction"]
     assert summary["constraints"]["cord_per_fraction"]["binds_at_gy"] == 45.0 and summary["constraints"]["cord_max"]["binds_at_gy"] == 48.0
     assert Candidate(45.0, 15).dose_per_fraction_gy == 3.0
+
+
+def test_cumulative_curve_agrees_with_vx() -> None:
+    rng = np.random.default_rng(2)
+    dvh = Dvh.from_samples("x", rng.uniform(0, 60, 5000), rng.uniform(0.01, 0.02, 5000))
+    curve = dvh.cumulative(step_gy=0.5)
+    assert curve["volume_cc"].iloc[0] == pytest.approx(dvh.total_cc) and curve["volume_percent"].iloc[0] == pytest.approx(100.0)
+    assert (np.diff(curve["volume_cc"]) <= 1e-12).all()
+    for _, row in curve.iloc[::17].iterrows():
+        assert row["volume_cc"] == pytest.approx(dvh.v_cc(row["dose_gy"]))

@@ -104,6 +104,14 @@ def test_simon_designs_reproduce_the_published_table(rates: tuple[float, float],
         assert got.alpha <= 0.05 and got.power >= 0.80
 
 
+def test_monitor_decisions() -> None:
+    from isotox.outcomes.simon import monitor
+
+    assert monitor(9, 12, 8, 12) == "continue" and monitor(8, 12, 8, 12) == "stop"
+    assert monitor(5, 8, 8, 12) == "wait"  # 4 still to come could bring it to 9
+    assert monitor(4, 8, 8, 12) == "stop"  # even 4 more free of toxicity gives only 8
+
+
 def test_protocol_rule_is_evaluated_and_compared_with_the_optimal_design() -> None:
     protocol = load_protocol(REPO / "config" / "protocols" / "isotoxic_hypofractionated.yaml")
     s = protocol["safety"]["simon"]
@@ -195,6 +203,13 @@ def test_impossible_dates_are_reported_not_fixed(tmp_path: Path) -> None:
     assert "before the time origin" in problems.set_index("patient_id").loc["P1", "problem"]
     assert np.isnan(ep.loc["P1", "LPFS_months"]) and np.isnan(ep.loc["P2", "LC_months"])
     assert ep.loc["P3", "OS_event"] == 0
+
+
+def test_a_cohort_without_evaluable_dates_still_gets_its_tables(tmp_path: Path) -> None:
+    path = _clinical(tmp_path, ["P1\tA\t2024-01-01\t2023-12-01\t\t\t\t2025-01-01\t0\t0\t0"])  # progression before registration
+    summary = tabulate_outcomes(path, tmp_path / "out", load_protocol(REPO / "config" / "protocols" / "pet_boost.yaml"))
+    assert summary["problems"] >= 1 and (tmp_path / "out" / "km_LPFS.png").exists()
+    assert (pd.read_csv(tmp_path / "out" / "survival.tsv", sep="\t")["endpoint"] == "LPFS").sum() == 0
 
 
 def test_bad_clinical_rows_are_named_and_the_rest_is_tabulated(tmp_path: Path) -> None:

@@ -27,9 +27,12 @@ import pandas as pd
 import pytest
 
 from tests.conftest import sample_patients
+from isotox.cli import main as cli_main
 from isotox.errors import InputDataError
 from isotox.perfusion.aif import parker_aif
 from isotox.perfusion.stage import PerfusionSettings, perfusion_patient
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _tissue_range(truth: dict, name: str) -> tuple[float, float]:
@@ -101,4 +104,7 @@ def test_no_dce_is_a_clear_error_and_structure_aif_needs_an_aorta(sample_run: Pa
     (patient / "register" / "dce_mc.nii.gz").unlink()
     with pytest.raises(InputDataError, match="SAMPLE001.*no registered DCE-CT"):
         perfusion_patient(patient, PerfusionSettings(models=("patlak",)))
+    assert cli_main(["perfusion", str(patient), "--config", str(REPO / "config" / "config.yaml")]) == 2
     assert not (patient / "perfusion").exists()
+    with pytest.raises(ValueError, match="unknown model"):
+        PerfusionSettings.from_config({"models": ["gamma_variate"]})

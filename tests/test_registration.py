@@ -134,3 +134,25 @@ def test_deformable_refinement_runs_round_trips_and_keeps_accuracy(sample_run: P
     affine, centre = truth["sessions"]["fdg"]["planning_to_session"]["affine"], truth["tumour"]["centre_mm"]
     assert registration_error_mm(back, affine, centre) == pytest.approx(registration_error_mm(composite, affine, centre), abs=1e-6)
     assert registration_error_mm(composite, affine, centre) < 2.0
+
+
+def test_working_resolution_averages_fine_ct_without_moving_it() -> None:
+    """A 0.98 x 0.98 x 3 mm image is block-averaged 2 x 2 x 1 to >= 1.95 mm in-plane; the mask's
+    physical centroid stays put within half a working voxel, so transforms found there apply to the original."""
+    from isotox.images import centroid_mm
+    from isotox.registration.rigid import working_resolution
+
+    array = np.random.default_rng(0).normal(0.0, 10.0, (20, 64, 64)).astype(np.float32)
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing((0.977, 0.977, 3.0))
+    image.SetOrigin((-31.0, -20.0, 5.0))
+    mask = np.zeros(array.shape, bool)
+    mask[5:15, 10:40, 20:50] = True
+    small, small_mask = working_resolution(image, mask, 2.0)
+    assert small.GetSpacing() == pytest.approx((1.954, 1.954, 3.0)) and small.GetSize() == (32, 32, 20)
+    assert float(sitk.GetArrayFromImage(small).std()) < 0.6 * float(array.std())  # averaging, not subsampling
+    assert small_mask is not None
+    shift = np.linalg.norm(centroid_mm(small, small_mask) - centroid_mm(image, mask))
+    assert shift <= 0.5 * 1.954
+    same, same_mask = working_resolution(image, mask, 0.5)
+    assert same is image and same_mask is mask

@@ -11,6 +11,8 @@ import SimpleITK as sitk
 from numpy.typing import NDArray
 from scipy import ndimage
 
+from isotox.geometry import ImageGrid
+
 #: HU above which a voxel is patient (not air) when finding the body outline.
 BODY_HU = -400.0
 #: HU below which a voxel inside the body is air (lungs, airways).
@@ -138,10 +140,7 @@ def inside_image(image: sitk.Image, reference: sitk.Image, transform: sitk.Trans
 
 def physical_points(image: sitk.Image, mask: NDArray[np.bool_]) -> NDArray[np.float64]:
     """LPS coordinates (N, 3) of the voxels of ``mask`` (k, j, i)."""
-    kji = np.argwhere(mask)
-    ijk = kji[:, ::-1].astype(float)
-    direction = np.asarray(image.GetDirection()).reshape(3, 3)
-    return np.asarray(image.GetOrigin()) + (ijk * np.asarray(image.GetSpacing())) @ direction.T
+    return ImageGrid.from_sitk(image).index_to_physical(np.argwhere(mask)[:, ::-1].astype(float))
 
 
 def sample_points(image: sitk.Image, mask: NDArray[np.bool_], n: int, seed: int = 0) -> NDArray[np.float64]:
@@ -150,9 +149,8 @@ def sample_points(image: sitk.Image, mask: NDArray[np.bool_], n: int, seed: int 
     flat = np.flatnonzero(mask)
     if flat.size > n:
         flat = np.sort(np.random.default_rng(seed).choice(flat, size=n, replace=False))
-    sub = np.zeros(mask.shape, dtype=bool)
-    sub.flat[flat] = True
-    return physical_points(image, sub)
+    kji = np.column_stack(np.unravel_index(flat, mask.shape))
+    return ImageGrid.from_sitk(image).index_to_physical(kji[:, ::-1].astype(float))
 
 
 def centroid_mm(image: sitk.Image, mask: NDArray[np.bool_]) -> NDArray[np.float64]:

@@ -11,11 +11,10 @@ from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
-import jsonschema
 import pandas as pd
 
 from isotox.errors import ConfigError
-from isotox.settings.documents import load_schema
+from isotox.settings.documents import table_row_errors
 
 DATE_COLUMNS = ("registration_date", "rt_start_date", "rt_end_date", "local_progression_date", "regional_progression_date",
                 "distant_progression_date", "death_date", "last_followup_date", "pneumonitis_date", "esophagitis_date")
@@ -52,25 +51,22 @@ def read_clinical(path: str | Path) -> ClinicalTable:
     table.columns = [c.strip() for c in table.columns]
     if "patient_id" not in table.columns:
         raise ConfigError(path, "has no 'patient_id' column (is it tab-separated?)", "patient_id")
-    validator = jsonschema.Draft202012Validator(load_schema("clinical"))
     problems: list[dict[str, str]] = []
     good: list[dict[str, str]] = []
     seen: set[str] = set()
-    for line_no, row in zip(range(2, len(table) + 2), table.to_dict(orient="records")):
-        record = {k: str(v).strip() for k, v in row.items() if str(v).strip() != ""}
+    for line_no, record, errors in table_row_errors(table, "clinical"):
         pid = record.get("patient_id", f"line {line_no}")
-        row_problems = []
-        for err in validator.iter_errors(record):
-            column = ".".join(map(str, err.absolute_path)) or "(row)"
-            value = record.get(column, "")
-            row_problems.append({"patient_id": pid, "column": column, "problem": f"line {line_no}: {err.message}" if not value else f"line {line_no}: {value!r} is not valid ({err.validator})"})
+        row_problems = [{"patient_id": pid, "column": column, "problem": f"line {line_no}: {message}"} for column, message in errors]
         for column in DATE_COLUMNS:
             if column in record and not _real_date(record[column]) and not any(p["column"] == column for p in row_problems):
                 row_problems.append({"patient_id": pid, "column": column, "problem": f"line {line_no}: {record[column]!r} is not a calendar date"})
         if pid in seen:
             row_problems.append({"patient_id": pid, "column": "patient_id", "problem": f"line {line_no}: duplicate patient id"})
         seen.add(pid)
-        (problems.extend(row_problems) if row_problems else good.append(record))
+        if row_problems:
+            problems.extend(row_problems)
+        else:
+            good.append(record)
     rows = pd.DataFrame(good, columns=table.columns)
     for column in DATE_COLUMNS:
         if column in rows.columns:

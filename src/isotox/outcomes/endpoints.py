@@ -89,8 +89,6 @@ def endpoint_table(rows: pd.DataFrame, time_origin: str = "registration", death_
                 when, code = first, 1
             elif pd.notna(death) and (death_is_event or death_competes):
                 when, code = death, (1 if death_is_event else 2)
-            if "death_date" in columns and name in ("OS",):
-                when, code = (death, 1) if pd.notna(death) else (last, 0)
             record[f"{name}_months"] = (when - origin).days / DAYS_PER_MONTH
             record[f"{name}_event"] = code
         records.append(record)

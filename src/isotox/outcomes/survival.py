@@ -82,8 +82,14 @@ def cumulative_incidence(times: pd.Series, events: pd.Series, landmarks: list[fl
 
 
 def km_plot(fits: list[KaplanMeierFitter], title: str, path: str, xlabel: str = "months") -> None:
-    """KM curves with CIs and a numbers-at-risk table under the axis."""
+    """KM curves with CIs and a numbers-at-risk table under the axis (a note when no patient is evaluable)."""
     fig, ax = plt.subplots(figsize=(7, 5))
+    if not fits:
+        ax.text(0.5, 0.5, "no evaluable patients for this endpoint (see problems.tsv)", ha="center", va="center")
+        ax.set_axis_off()
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        return
     for kmf in fits:
         kmf.plot_survival_function(ax=ax, ci_show=True, show_censors=True)
     ax.set_ylim(0, 1.02)

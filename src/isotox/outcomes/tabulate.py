@@ -58,15 +58,14 @@ def _survival(endpoints: pd.DataFrame, arms: pd.Series, landmarks_years: list[fl
     for name in ENDPOINTS:
         t, e = endpoints[f"{name}_months"], endpoints[f"{name}_event"]
         ok = t.notna() & e.notna()
-        fits = []
+        fits: dict[str, Any] = {}
         groups: list[tuple[str, pd.Series]] = [("all", ok)]
         groups += [(f"arm {a}", ok & (arms == a)) for a in RANDOMIZED_ARMS if (ok & (arms == a)).sum() > 0]
         for label, mask in groups:
             if mask.sum() == 0:
                 continue
             kmf, summary = kaplan_meier(t[mask], e[mask], landmarks, label=label)
-            if label != "all":
-                fits.append(kmf)
+            fits[label] = kmf
             finite = lambda v: v if np.isfinite(v) else np.nan  # noqa: E731  (inf = not reached -> NaN, as R's NA)
             row: dict[str, Any] = {"endpoint": name, "group": label, "n": summary.n, "events": summary.events, "median_months": finite(summary.median),
                                    "median_ci_low": finite(summary.median_lower), "median_ci_high": finite(summary.median_upper)}
@@ -74,12 +73,11 @@ def _survival(endpoints: pd.DataFrame, arms: pd.Series, landmarks_years: list[fl
                 y = f"{lm['time'] / 12:g}y"
                 row.update({f"{y}_estimate": lm["estimate"], f"{y}_ci_low": lm["lower"], f"{y}_ci_high": lm["upper"], f"{y}_at_risk": lm["at_risk"]})
             rows.append(row)
-            if label == "all" and not fits:
-                overall = kmf
         randomized = ok & arms.isin(RANDOMIZED_ARMS)
         test = logrank(t[randomized], e[randomized], arms[randomized]) if arms[randomized].nunique() == 2 else {"chisq": np.nan, "df": 0, "p": np.nan}
         tests.append({"endpoint": name, "comparison": "arm A vs arm B", **test})
-        km_plot(fits if fits else [overall], f"{name} (Kaplan-Meier, 95 % CI log-log)", str(out / f"km_{name}.png"))
+        shown = [f for label, f in fits.items() if label != "all"] or list(fits.values())  # per arm, else the whole cohort
+        km_plot(shown, f"{name} (Kaplan-Meier, 95 % CI log-log)", str(out / f"km_{name}.png"))
     return pd.DataFrame(rows), pd.DataFrame(tests)
 
 
@@ -218,7 +216,7 @@ def tabulate_outcomes(clinical: str | Path | ClinicalTable, out_dir: str | Path,
             fig.savefig(out / "qol.png", dpi=90)
             plt.close(fig)
         pd.concat(all_problems, ignore_index=True).to_csv(out / "problems.tsv", sep="\t", index=False)
-        primary = surv[(surv["endpoint"] == "LPFS") & (surv["group"] == "all")]
+        primary = surv[(surv["endpoint"] == "LPFS") & (surv["group"] == "all")] if len(surv) else surv
         if len(primary):
             p = primary.iloc[0]
             summary["primary_lpfs_1y"] = {"estimate": p.get("1y_estimate"), "ci_low": p.get("1y_ci_low"), "ci_high": p.get("1y_ci_high"), "ci_method": "Greenwood, log(-log) transform"}

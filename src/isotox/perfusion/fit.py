@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from isotox.perfusion.kinetics import exp_convolution
+from isotox.perfusion.kinetics import exp_convolution, extended_tofts, patlak
 
 MODELS = ("patlak", "tofts", "etofts", "2cxm")
 PARAMETERS = {"patlak": ("ktrans", "vp"), "tofts": ("ktrans", "ve"), "etofts": ("ktrans", "ve", "vp"), "2cxm": ("fp", "ps", "vp", "ve")}
@@ -215,8 +215,6 @@ def _two_cxm(t: NDArray[np.float64], c: NDArray[np.float64], cp: NDArray[np.floa
 
 
 def _forward(model: str, t: NDArray[np.float64], cp: NDArray[np.float64], p: dict[str, NDArray[np.float64]]) -> NDArray[np.float64]:
-    from isotox.perfusion.kinetics import extended_tofts, patlak
-
     safe = {k: np.clip(np.nan_to_num(v), *BOUNDS[k]) for k, v in p.items() if k in BOUNDS}  # failed fits: keep the forward model finite
     if "ve" in p:  # ve NaN where the fit fell back to Patlak: no washout, i.e. ve -> infinity
         safe["ve"] = np.where(np.isnan(p["ve"]), 1e6, safe["ve"])

@@ -61,13 +61,12 @@ def inverse_consistency_mm(fixed: sitk.Image, moving: sitk.Image, forward: sitk.
     return float(np.linalg.norm(round_trip - points, axis=1).mean())
 
 
-def lung_overlap(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform,
-                 fixed_body: NDArray[np.bool_], moving_body: NDArray[np.bool_]) -> float | None:
-    """Dice of CT lungs after registration, inside the common field of view (None if no lungs)."""
-    fixed_lungs = lung_mask(fixed, fixed_body)
+def lung_overlap(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform, fixed_lungs: NDArray[np.bool_],
+                 moving_body: NDArray[np.bool_], common: NDArray[np.bool_]) -> float | None:
+    """Dice of CT lungs after registration, inside ``common`` (the fixed voxels the moving scan covers);
+    None if no lungs there."""
     moving_lungs = mask_image(moving, lung_mask(moving, moving_body))
     carried = sitk.GetArrayFromImage(resample_to(moving_lungs, fixed, transform, sitk.sitkNearestNeighbor)) > 0
-    common = inside_image(moving, fixed, transform)
     if not (fixed_lungs & common).any():
         return None
     return dice(fixed_lungs & common, carried & common)
@@ -75,8 +74,11 @@ def lung_overlap(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transfor
 
 def assess(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform, metric: float, iterations: int,
            settings: RegistrationSettings, fixed_body: NDArray[np.bool_], moving_body: NDArray[np.bool_],
-           target: NDArray[np.bool_] | None = None) -> RegistrationQc:
-    """All QC figures and the flags they raise (thresholds from the config's registration.qc)."""
+           target: NDArray[np.bool_] | None = None, fixed_lungs: NDArray[np.bool_] | None = None) -> RegistrationQc:
+    """All QC figures and the flags they raise (thresholds from the config's registration.qc).
+
+    ``fixed_lungs``: the planning CT's lungs, when the caller assesses several sessions against it.
+    """
     flags: list[str] = []
     common = inside_image(moving, fixed, transform)
     fov = float((common & fixed_body).sum() / max(1, fixed_body.sum()))
@@ -88,7 +90,8 @@ def assess(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform, met
     ice = inverse_consistency_mm(fixed, moving, transform, settings, fixed_body, moving_body) if settings.inverse_consistency else None
     if ice is not None and ice > settings.max_inverse_consistency_mm:
         flags.append(f"inverse-consistency error {ice:.1f} mm > {settings.max_inverse_consistency_mm} mm")
-    lungs = lung_overlap(fixed, moving, transform, fixed_body, moving_body)
+    fixed_lungs = lung_mask(fixed, fixed_body) if fixed_lungs is None else fixed_lungs
+    lungs = lung_overlap(fixed, moving, transform, fixed_lungs, moving_body, common)
     if lungs is not None and lungs < settings.min_lung_dice:
         flags.append(f"lung Dice {lungs:.2f} < {settings.min_lung_dice} after registration")
     return RegistrationQc(metric, iterations, ice, lungs, fov, flags)

@@ -24,7 +24,7 @@ import SimpleITK as sitk
 
 from isotox.atomic import atomic_path
 from isotox.errors import InputDataError
-from isotox.images import array, body_mask, centroid_mm, read_image, resample_to, write_image
+from isotox.images import array, body_mask, centroid_mm, lung_mask, read_image, resample_to, write_image
 from isotox.qcplots import three_planes
 from isotox.registration import dce
 from isotox.registration.qc import assess
@@ -35,12 +35,12 @@ STAGE = "register"
 PET_SESSIONS = ("fdg", "hx4_2h", "hx4_4h")
 
 
-def _target(ingest: Path, planning: sitk.Image) -> np.ndarray | None:
+def _target(ingest: Path) -> np.ndarray | None:
     gtv = ingest / "masks" / "GTV.nii.gz"
     return array(read_image(gtv)) > 0 if gtv.exists() else None
 
 
-def _register_pet_session(session: str, ingest: Path, out: Path, planning: sitk.Image, planning_body: np.ndarray,
+def _register_pet_session(session: str, ingest: Path, out: Path, planning: sitk.Image, planning_body: np.ndarray, planning_lungs: np.ndarray,
                           target: np.ndarray | None, settings: RegistrationSettings, patient: str) -> dict[str, Any]:
     ct_path, pet_path = ingest / f"{session}_ct.nii.gz", ingest / f"{session}_pet_suv.nii.gz"
     if not ct_path.exists() or not pet_path.exists():
@@ -58,7 +58,7 @@ def _register_pet_session(session: str, ingest: Path, out: Path, planning: sitk.
     if settings.deformable:
         transform, metric = refine_bspline(planning, ct, rigid.transform, settings, planning_body)
         record["deformable"] = {"metric": metric, "mesh_mm": settings.bspline_mesh_mm}
-    qc = assess(planning, ct, transform, metric, rigid.iterations, settings, planning_body, ct_body, target)
+    qc = assess(planning, ct, transform, metric, rigid.iterations, settings, planning_body, ct_body, target, planning_lungs)
     sitk.WriteTransform(transform, str(out / f"{session}.tfm"))
     pet_on_plan = resample_to(pet, planning, transform, sitk.sitkLinear, 0.0)
     write_image(pet_on_plan, out / f"{session}_pet_suv.nii.gz")
@@ -99,13 +99,14 @@ def register_patient(patient_dir: str | Path, settings: RegistrationSettings | N
         raise InputDataError(patient, planning_path, "the planning CT of the ingestion stage is missing", "run `isotox ingest` for this patient first")
     planning = read_image(planning_path)
     planning_body = body_mask(planning)
-    target = _target(ingest, planning)
+    planning_lungs = lung_mask(planning, planning_body)  # once, for every session's lung-overlap QC
+    target = _target(ingest)
     summary: dict[str, Any] = {"patient_id": patient, "convention": "each .tfm maps planning-CT points (LPS mm) to the session's points",
                                "settings": {k: v for k, v in settings.__dict__.items()}, "sessions": {}}
     with atomic_path(patient_dir / STAGE) as out:
         (out / "qc").mkdir(parents=True)
         for session in PET_SESSIONS:
-            summary["sessions"][session] = _register_pet_session(session, ingest, out, planning, planning_body, target, settings, patient)
+            summary["sessions"][session] = _register_pet_session(session, ingest, out, planning, planning_body, planning_lungs, target, settings, patient)
         summary["sessions"]["dce"] = _register_dce(ingest, out, planning, planning_body, settings)
         summary["flagged"] = sorted(s for s, r in summary["sessions"].items() if r.get("flagged"))
         (out / "qc.json").write_text(json.dumps(summary, indent=2, default=float) + "\n", encoding="utf-8")

@@ -5,11 +5,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import jsonschema
 import pandas as pd
 
 from isotox.errors import ConfigError
-from isotox.settings.documents import load_schema
+from isotox.settings.documents import table_row_errors
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -49,13 +48,9 @@ def read_cohort_sheet(path: str | Path) -> pd.DataFrame:
     if sheet.empty:
         raise ConfigError(path, "has no patient rows")
 
-    validator = jsonschema.Draft202012Validator(load_schema("cohort"))
     problems: list[str] = []
-    for line_no, row in zip(range(2, len(sheet) + 2), sheet.to_dict(orient="records")):
-        record = {k: v.strip() for k, v in row.items() if v.strip() != ""}
-        for err in validator.iter_errors(record):
-            column = ".".join(map(str, err.absolute_path)) or "(row)"
-            problems.append(f"line {line_no} ({record.get('patient_id', '?')}), column '{column}': {err.message}")
+    for line_no, record, errors in table_row_errors(sheet, "cohort"):
+        problems += [f"line {line_no} ({record.get('patient_id', '?')}), column '{column}': {message}" for column, message in errors]
     duplicated = sheet["patient_id"][sheet["patient_id"].duplicated()].unique()
     for pid in duplicated:
         problems.append(f"patient id {pid!r} appears more than once")

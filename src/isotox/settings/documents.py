@@ -68,6 +68,20 @@ def validate_document(doc: Any, schema_name: str, file: str | Path) -> None:
     raise ConfigError(file, f"does not match {schema_name}.schema.yaml: {problems}{more}", _key_path(first))
 
 
+def table_row_errors(table: Any, schema_name: str) -> Any:
+    """Validate every row of a text table (a pandas DataFrame of str) against a row schema.
+
+    Yields ``(line number in the file, record, [(column, message), ...])`` per row; empty cells
+    count as absent. The caller decides whether a bad row stops the run (cohort sheet) or is
+    left out and reported (clinical table).
+    """
+    validator = jsonschema.Draft202012Validator(load_schema(schema_name))
+    for line_no, row in zip(range(2, len(table) + 2), table.to_dict(orient="records")):
+        record = {k: str(v).strip() for k, v in row.items() if str(v).strip() != ""}
+        errors = [(".".join(map(str, e.absolute_path)) or "(row)", e) for e in validator.iter_errors(record)]
+        yield line_no, record, [(column, _describe(e)) for column, e in errors]
+
+
 def load_validated_yaml(path: str | Path, schema_name: str) -> dict[str, Any]:
     """Read a YAML file and validate it; errors name the file (and line, for YAML syntax)."""
     path = Path(path)
