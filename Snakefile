@@ -17,6 +17,7 @@ include: "workflow/rules/ingest.smk"
 include: "workflow/rules/register.smk"
 include: "workflow/rules/segment.smk"
 include: "workflow/rules/perfusion.smk"
+include: "workflow/rules/plan.smk"
 include: "workflow/rules/outcomes.smk"
 
 

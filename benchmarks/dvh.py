@@ -4,12 +4,16 @@
 2. A realistic planning-CT grid (512 x 512 x 120, 0.98 x 0.98 x 3 mm) with a 3 mm dose grid:
    DVH time of a lung-sized (1.5 L), a heart-sized (0.6 L) and a cord-sized (20 cc) mask with
    2 x 2 x 2 sub-voxel sampling.
-dicompyler-core is not installed here (it does not support pydicom 3); its DVH time on the
-example is not measured.
+3. ``--dicompyler-python PY``: dicompyler-core's ``dvhcalc.get_dvh`` on the same example, timed in
+   a separate interpreter (dicompyler-core 0.5.6 needs pydicom < 3, isotox needs pydicom 3), e.g.
+   ``python -m venv /tmp/dvenv && /tmp/dvenv/bin/pip install dicompyler-core "pydicom<3"``.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
+import subprocess
 import time
 from pathlib import Path
 
@@ -23,7 +27,37 @@ REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO.parent / "shared" / "data" / "rt_breast_example"
 
 
+_DICOMPYLER = """
+import json, sys, time
+import pydicom
+from dicompylercore import dvhcalc
+rtss, rtdose = sys.argv[1], sys.argv[2]
+rois = {int(r.ROINumber): str(r.ROIName) for r in pydicom.dcmread(rtss).StructureSetROISequence}
+out, start_all = {}, time.perf_counter()
+for number, name in rois.items():
+    start = time.perf_counter()
+    dvh = dvhcalc.get_dvh(rtss, rtdose, number)
+    out[name] = {"seconds": time.perf_counter() - start, "volume_cc": float(dvh.volume), "mean": float(dvh.mean), "max": float(dvh.max)}
+print(json.dumps({"total_s": time.perf_counter() - start_all, "rois": out}))
+"""
+
+
+def dicompyler_times(python: str) -> None:
+    proc = subprocess.run([python, "-c", _DICOMPYLER, str(EXAMPLE / "rtss.dcm"), str(EXAMPLE / "rtdose.dcm")], capture_output=True, text=True, check=True)
+    result = json.loads(proc.stdout)
+    print(f"dicompyler-core on rt_breast_example: {len(result['rois'])} ROIs in {result['total_s']:.1f} s")
+    for roi in ("Heart", "Lt Lung", "Tumor Bed"):
+        if roi in result["rois"]:
+            r = result["rois"][roi]
+            print(f"  {roi}: {r['seconds']:.2f} s ({r['volume_cc']:.2f} cc, mean {r['mean']:.4f} Gy, max {r['max']:.3f} Gy)")
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dicompyler-python", help="a Python interpreter with dicompyler-core and pydicom < 3 installed")
+    args = parser.parse_args()
+    if args.dicompyler_python and EXAMPLE.exists():
+        dicompyler_times(args.dicompyler_python)
     if EXAMPLE.exists():
         start = time.perf_counter()
         dvhs, _ = rt_dvhs(EXAMPLE / "rtss.dcm", EXAMPLE / "rtdose.dcm", REPO / "config" / "roi_names.yaml")

@@ -7,13 +7,31 @@ Geometry follows the DICOM standard directly: slices sorted along the normal
 from __future__ import annotations
 
 import math
+import os
+import shutil
+import subprocess
 from collections import defaultdict
 from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 import pydicom
+import pytest
 from pydicom.dataset import Dataset
+
+
+def dciodvfy_errors(path: Path) -> list[str]:
+    """Error lines of David Clunie's dciodvfy on ``path`` (a missing tool fails in CI, skips elsewhere)."""
+    if shutil.which("dciodvfy") is None:
+        if os.environ.get("CI"):
+            pytest.fail("dciodvfy missing in CI: .ci/run must apt-get install dicom3tools")
+        pytest.skip("dciodvfy not installed (apt-get install dicom3tools); CI runs this check")
+    proc = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
+    output = proc.stdout + proc.stderr
+    errors = [line for line in output.splitlines() if line.startswith("Error")]
+    if proc.returncode < 0 or proc.returncode > 1 or "Assertion" in output:  # a crash is not a pass
+        errors.append(f"dciodvfy did not finish (exit {proc.returncode}): {output.strip().splitlines()[-1] if output.strip() else ''}")
+    return errors
 
 
 def read_all(folder: Path) -> list[tuple[Path, Dataset]]:

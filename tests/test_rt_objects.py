@@ -14,8 +14,6 @@
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +29,7 @@ from isotox.dicomio.rtstruct_writer import ReferencedImages, RoiContours, write_
 from isotox.errors import InputDataError
 from isotox.geometry import ImageGrid
 from isotox.settings.roi_names import RoiNameMap
+from tests.sample_dicom import dciodvfy_errors
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO.parent / "shared" / "data" / "rt_breast_example"
@@ -44,15 +43,6 @@ def _need_example() -> None:
         if os.environ.get("CI"):
             pytest.fail(f"reference data missing in CI: {EXAMPLE}")
         pytest.skip(f"reference data not present at {EXAMPLE}")
-
-
-def _dciodvfy_errors(path: Path) -> list[str]:
-    if shutil.which("dciodvfy") is None:
-        if os.environ.get("CI"):
-            pytest.fail("dciodvfy missing in CI: .ci/run must apt-get install dicom3tools")
-        pytest.skip("dciodvfy not installed (apt-get install dicom3tools); CI runs this check")
-    proc = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
-    return [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("Error")]
 
 
 def _shapes(grid: ImageGrid) -> dict[str, np.ndarray]:
@@ -91,7 +81,7 @@ def test_mask_rtstruct_mask_round_trip(tmp_path: Path) -> None:
 
 def test_written_rtstruct_is_valid_dicom(tmp_path: Path) -> None:
     grid = ImageGrid((60, 50, 12), (2.0, 2.0, 3.0), (-60.0, -50.0, -18.0))
-    assert _dciodvfy_errors(_write_roundtrip(tmp_path, grid, _shapes(grid))) == []
+    assert dciodvfy_errors(_write_roundtrip(tmp_path, grid, _shapes(grid))) == []
 
 
 def test_roi_on_other_frame_of_reference_is_not_used(tmp_path: Path) -> None:
@@ -140,7 +130,7 @@ def test_rtdose_write_validate_reload(tmp_path: Path) -> None:
     assert back.grid == grid
     np.testing.assert_allclose(back.dose_gy, values, atol=float(ds.DoseGridScaling))
     assert back.referenced_plan == "1.2.3.9.9"
-    assert _dciodvfy_errors(path) == []
+    assert dciodvfy_errors(path) == []
 
 
 def test_relative_dose_is_refused(tmp_path: Path) -> None:

@@ -81,7 +81,7 @@ def test_real_run_writes_patients_tables_logs_and_benchmarks(sample_run: Path) -
     assert all(Path(d).is_dir() for d in sheet["dicom_dir"])
     for pid in patients:
         assert "done" in (sample_run / "logs" / "sample_patient" / f"{pid}.log").read_text()
-        for stage, marker in (("ingest", "metadata.json"), ("register", "qc.json"), ("segment", "segment.json"), ("perfusion", "perfusion.json")):
+        for stage, marker in (("ingest", "metadata.json"), ("register", "qc.json"), ("segment", "segment.json"), ("perfusion", "perfusion.json"), ("plan", "plan.json")):
             assert (sample_run / "patients" / pid / stage / marker).is_file(), (pid, stage)
             assert (sample_run / "logs" / stage / f"{pid}.log").is_file()
         assert "roles" in (sample_run / "logs" / "ingest" / f"{pid}.log").read_text()
@@ -90,7 +90,7 @@ def test_real_run_writes_patients_tables_logs_and_benchmarks(sample_run: Path) -
         assert truth["patient_id"] == pid
     assert not list(sample_run.rglob("*.partial")), "a half-written output was left behind"
     table = pd.read_csv(sample_run / "cohort" / "patients.tsv", sep="\t")
-    assert list(table["patient_id"]) == patients and "gtv_pet_suvmax" in table.columns and "gtv_ktrans_median" in table.columns
+    assert list(table["patient_id"]) == patients and "gtv_pet_suvmax" in table.columns and "gtv_ktrans_median" in table.columns and "boost_feasible" in table.columns
     assert json.loads((sample_run / "cohort" / "outcomes" / "summary.json").read_text())["patients"] == SAMPLE_PATIENTS
 
 

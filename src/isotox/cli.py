@@ -120,6 +120,25 @@ def _cmd_simon(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from isotox.planning.settings import PlanningSettings
+    from isotox.planning.stage import plan_patient
+    from isotox.settings import load_validated_yaml
+
+    config = load_validated_yaml(args.config, "config") if args.config else {}
+    settings = PlanningSettings.from_config(config.get("planning"))
+    if args.dose_source:
+        settings.dose_source = args.dose_source
+    protocol = args.protocol or config.get("protocol")
+    if not protocol:
+        raise ValueError("no protocol: give --protocol FILE (or a --config with a 'protocol' entry)")
+    doc = plan_patient(args.patient_dir, protocol, arm=args.arm, settings=settings, patient_id=args.patient_id)
+    keys = ("patient_id", "protocol", "dose_source", "feasible", "prescribed_dose_gy", "fractions", "boost_feasible", "boost_total_gy",
+            "limiting_constraints", "coverage", "dose_metrics", "radiobiology", "flags", "seconds")
+    print(json.dumps({k: doc.get(k) for k in keys}, indent=2, default=float))
+    return 0
+
+
 def _cmd_dvh(args: argparse.Namespace) -> int:
     from isotox.dose.rt_dvh import rt_dvh_table
 
@@ -201,6 +220,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--roi", action="append", help="only this ROI (clinic or canonical name; repeatable)")
     p.add_argument("--roi-names", default="config/roi_names.yaml", help="ROI name synonyms")
     p.set_defaults(func=_cmd_dvh)
+
+    p = sub.add_parser("plan", help="stage 5: unit plans, the protocol's isotoxic search, NTCP, DICOM export; writes PATIENT_DIR/plan/")
+    p.add_argument("patient_dir", help="the patient's results folder, with ingest/ and segment/ inside")
+    p.add_argument("--protocol", help="protocol YAML (default: the config's)")
+    p.add_argument("--arm", choices=["A", "B"], help="allocated PET-boost arm (A: whole GTV, B: 50 %% SUVmax volume)")
+    p.add_argument("--config", default="config/config.yaml", help="config whose 'planning' section is used ('' for the defaults)")
+    p.add_argument("--dose-source", choices=["auto", "engine", "tps"], help="override planning.dose_source")
+    p.add_argument("--patient-id", help="patient id for messages (default: the name of PATIENT_DIR)")
+    p.set_defaults(func=_cmd_plan)
 
     p = sub.add_parser("validate", help="validate a config, cohort sheet, protocol or ROI-name file against its schema")
     p.add_argument("kind", choices=["config", "cohort", "protocol", "roi_names"])

@@ -7,7 +7,7 @@ Writes ``PATIENT_DIR/ingest/`` atomically (all or nothing):
   ``{fdg,hx4_2h,hx4_4h}_ct.nii.gz``, ``dce_ct.nii.gz`` (4-D, HU) with ``dce_frames.tsv``;
 * ``masks/{CANONICAL}.nii.gz`` on the planning-CT grid (unmapped ROIs as ``roi_<name>``);
 * ``rtdose.nii.gz`` (Gy, on the TPS dose grid) when an RTDOSE is present;
-* ``metadata.json``: geometry of every image, the SUV factor and every tag it came from, ROI name
+* ``metadata.json``: geometry of every image, the planning CT's DICOM identity (for exports), the SUV factor and every tag it came from, ROI name
   mapping and volumes, warnings, and the problems that left an optional image out.
 
 Only a missing planning CT (or an unreadable folder) stops the patient; a PET that cannot be
@@ -48,10 +48,25 @@ def _volume(series: Series, patient: str, policy: IrregularPolicy) -> tuple[Slic
     return geometry, [datasets[i] for i in geometry.order]
 
 
-def _ct_image(series: Series, patient: str, policy: IrregularPolicy) -> tuple[sitk.Image, SliceGeometry]:
+def _ct_image(series: Series, patient: str, policy: IrregularPolicy) -> tuple[sitk.Image, SliceGeometry, list[Any]]:
     geometry, slices = _volume(series, patient, policy)
     hu = stack(geometry, [rescaled(ds) for ds in slices])
-    return to_image(geometry.grid, np.rint(hu).clip(-32768, 32767).astype(np.int16)), geometry
+    return to_image(geometry.grid, np.rint(hu).clip(-32768, 32767).astype(np.int16)), geometry, slices
+
+
+def _dicom_reference(series: Series, slices: list[Any], geometry: SliceGeometry) -> dict[str, Any]:
+    """What an exported RTSTRUCT/RTDOSE needs to attach to the planning CT in a TPS: patient and
+    study identity, series and frame of reference, and the SOP instance of every slice k (only
+    when the volume's slices are the acquired ones, i.e. the series was not resampled)."""
+    first = slices[0]
+    return {
+        "patient_id": str(first.get("PatientID", "")), "patient_name": str(first.get("PatientName", "")),
+        "birth_date": str(first.get("PatientBirthDate", "")), "sex": str(first.get("PatientSex", "")),
+        "study_uid": str(first.StudyInstanceUID), "study_date": str(first.get("StudyDate", "")), "study_time": str(first.get("StudyTime", "")),
+        "study_id": str(first.get("StudyID", "")), "accession": str(first.get("AccessionNumber", "")),
+        "series_uid": series.uid, "frame_of_reference_uid": series.frame_of_reference, "sop_class_uid": str(first.SOPClassUID),
+        "slice_sop_uids": [str(ds.SOPInstanceUID) for ds in slices] if geometry.regular else None,
+    }
 
 
 def _pet_image(series: Series, patient: str, policy: IrregularPolicy) -> tuple[sitk.Image, SliceGeometry, dict[str, Any]]:
@@ -128,9 +143,10 @@ def ingest_patient(dicom_dir: str | Path, patient_dir: str | Path, *, patient_id
         _series_table(index, roles, assignment.reasons, assignment.tracers, assignment.uptake_min).to_csv(out / "series.tsv", sep="\t", index=False)
 
         planning_series = index.series[roles["planning_ct"]]
-        planning, geometry = _ct_image(planning_series, patient, irregular)
+        planning, geometry, planning_slices = _ct_image(planning_series, patient, irregular)
         sitk.WriteImage(planning, str(out / "planning_ct.nii.gz"), useCompression=True)
         meta["images"]["planning_ct"] = geometry.summary()
+        meta["planning_ct_dicom"] = _dicom_reference(planning_series, planning_slices, geometry)
         planning_grid = geometry.grid
 
         for prefix in ("fdg", "hx4_2h", "hx4_4h"):
@@ -157,7 +173,7 @@ def _write_ct(index: PatientIndex, roles: dict[str, str], role: str, out: Path, 
     if role not in roles:
         meta["problems"][role] = "no series with this role"
         return
-    image, geometry = _ct_image(index.series[roles[role]], patient, policy)
+    image, geometry, _ = _ct_image(index.series[roles[role]], patient, policy)
     sitk.WriteImage(image, str(out / f"{role}.nii.gz"), useCompression=True)
     meta["images"][role] = geometry.summary()
 

@@ -18,7 +18,7 @@ os.environ.update(PYTHONPATH=os.pathsep.join(p for p in (_SRC, os.environ.get("P
 
 from isotox.errors import ConfigError  # noqa: E402
 from isotox.sample.patient import patient_id as sample_patient_id  # noqa: E402
-from isotox.sample.patient import sample_histology  # noqa: E402
+from isotox.sample.patient import sample_allocation, sample_histology  # noqa: E402
 from isotox.settings import load_protocol, read_cohort_sheet, validate_document  # noqa: E402
 from isotox.settings.roi_names import RoiNameMap  # noqa: E402
 
@@ -110,6 +110,22 @@ def patient_seed_point(wildcards):
     return "" if value is None or str(value) in ("", "nan") else str(value)
 
 
+def patient_arm(wildcards):
+    """Allocated PET-boost arm (A or B; empty when none): the cohort sheet's ``arm`` column, or the
+    sample cohort's randomisation list. The plan decides randomizability; this is the allocation."""
+    if is_sample():
+        return sample_allocation(sample_index(wildcards), config["sample"]["seed"])
+    if "arm" not in COHORT.columns:
+        return ""
+    value = str(COHORT.loc[wildcards.pid, "arm"])
+    return value if value in ("A", "B") else ""
+
+
+def planning_beam_data():
+    """Beam data of the built-in engine (a tracked input: new beam data re-plans every patient)."""
+    return config.get("planning", {}).get("beam_data", str(Path(workflow.basedir) / "config" / "beams" / "generic_6mv.yaml"))
+
+
 def clinical_table():
     """The clinical follow-up TSV: the sample's, or cohort.clinical (None when a sheet run has none yet:
     imaging stages run before follow-up exists; the outcome tables are then skipped, with a note)."""
@@ -137,7 +153,7 @@ def sample_patient_dirs():
 
 def cohort_targets():
     """Everything `rule all` asks for; stage rules extend this as they arrive."""
-    targets = expand(f"{RESULTS}/patients/{{pid}}/{{stage}}", pid=PATIENTS, stage=["ingest", "register", "segment", "perfusion"])
+    targets = expand(f"{RESULTS}/patients/{{pid}}/{{stage}}", pid=PATIENTS, stage=["ingest", "register", "segment", "perfusion", "plan"])
     if is_sample():
         targets += [f"{SAMPLE_DIR}/{name}.tsv" for name in ("cohort", "clinical", "qol")]
     if clinical_table():

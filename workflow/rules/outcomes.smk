@@ -8,6 +8,7 @@ rule cohort_table:
     input:
         segment=expand(f"{RESULTS}/patients/{{pid}}/segment", pid=PATIENTS),
         perfusion=expand(f"{RESULTS}/patients/{{pid}}/perfusion", pid=PATIENTS),
+        plan=expand(f"{RESULTS}/patients/{{pid}}/plan", pid=PATIENTS),
     output:
         table=report(f"{RESULTS}/cohort/patients.tsv", caption="../report/patients.rst", category="Cohort tables"),
     log:

@@ -80,10 +80,23 @@ def fill_series(ds: Dataset, series: SeriesInfo) -> None:
     ds.SeriesDescription = series.description
     ds.SeriesDate = series.date
     ds.SeriesTime = series.time
-    ds.Laterality = ""
+    if not series.modality.startswith("RT"):  # General Series (images) has Laterality; the RT Series module has not
+        ds.Laterality = ""
     ds.OperatorsName = ""
     ds.Manufacturer = "isotox"
     ds.ManufacturerModelName = "isotox synthetic"
     ds.SoftwareVersions = __version__
     ds.FrameOfReferenceUID = series.frame_of_reference_uid
     ds.PositionReferenceIndicator = ""
+
+
+def new_series_instance(sop_class_uid: str, sop_instance_uid: str, who: PatientStudy, series: SeriesInfo) -> Dataset:
+    """First (and only) instance of a single-object series such as an RTSTRUCT, RTPLAN or RTDOSE.
+
+    One place for the patient/study/series boilerplate, so the RT writers only add their own modules.
+    """
+    ds = new_dataset(sop_class_uid, sop_instance_uid)
+    fill_patient_study(ds, who)
+    fill_series(ds, series)
+    ds.InstanceNumber = 1
+    return ds

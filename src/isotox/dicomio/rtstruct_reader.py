@@ -78,8 +78,10 @@ def contours_to_mask(grid: ImageGrid, contours: list[NDArray[np.float64]], warni
     return mask
 
 
-def read_structure_set(rs: Dataset, grid: ImageGrid, frame_of_reference: str, names: RoiNameMap, source: str | Path = "") -> StructureSet:
-    """All ROIs of ``rs`` rasterised on ``grid``; ``frame_of_reference`` is the grid's FoR UID."""
+def read_structure_set(rs: Dataset, grid: ImageGrid, frame_of_reference: str, names: RoiNameMap, source: str | Path = "",
+                       roi_numbers: set[int] | None = None) -> StructureSet:
+    """All ROIs of ``rs`` (or those in ``roi_numbers``) rasterised on ``grid``; ``frame_of_reference``
+    is the grid's FoR UID."""
     warnings: list[str] = []
     info = {int(r.ROINumber): r for r in rs.get("StructureSetROISequence", [])}
     types = {int(o.ReferencedROINumber): str(o.get("RTROIInterpretedType", "")) for o in rs.get("RTROIObservationsSequence", [])}
@@ -89,6 +91,8 @@ def read_structure_set(rs: Dataset, grid: ImageGrid, frame_of_reference: str, na
     other_frame: list[str] = []
     seen: dict[str, str] = {}
     for number, roi in sorted(info.items()):
+        if roi_numbers is not None and number not in roi_numbers:
+            continue
         name = str(roi.get("ROIName", f"ROI {number}"))
         roi_for = str(roi.get("ReferencedFrameOfReferenceUID", frame_of_reference))
         if roi_for != frame_of_reference:

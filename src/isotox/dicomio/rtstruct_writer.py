@@ -17,7 +17,7 @@ from pydicom.uid import UID
 from skimage.measure import approximate_polygon
 
 from isotox.dicomio.contours import Contour
-from isotox.dicomio.modules import PatientStudy, SeriesInfo, fill_patient_study, fill_series, new_dataset
+from isotox.dicomio.modules import PatientStudy, SeriesInfo, new_series_instance
 
 RT_STRUCTURE_SET_STORAGE = UID("1.2.840.10008.5.1.4.1.1.481.3")
 #: Detached Study Management SOP Class, the conventional class of RTReferencedStudySequence items.
@@ -77,10 +77,7 @@ def write_rtstruct(
     label: str = "isotox",
 ) -> Dataset:
     """Write the structure set to ``path`` and return it. ROIs without contours are kept (empty)."""
-    ds = new_dataset(RT_STRUCTURE_SET_STORAGE, sop_instance_uid)
-    fill_patient_study(ds, who)
-    fill_series(ds, series)
-    ds.InstanceNumber = 1
+    ds = new_series_instance(RT_STRUCTURE_SET_STORAGE, sop_instance_uid, who, series)
     ds.StructureSetLabel = label[:16]
     ds.StructureSetName = label[:64]
     ds.StructureSetDate = series.date

@@ -22,9 +22,11 @@ from isotox.geometry import ImageGrid
 from isotox.settings.roi_names import RoiNameMap
 
 
-def contour_grid(rs: pydicom.Dataset, dose_grid: ImageGrid, inplane_factor: int = 2, margin_mm: float = 5.0) -> ImageGrid:
-    """Axial grid on the contour planes, ``1/inplane_factor`` of the dose spacing in-plane, covering every contour."""
-    points = [np.asarray(c.ContourData, dtype=float).reshape(-1, 3) for roi in rs.get("ROIContourSequence", []) for c in roi.get("ContourSequence", [])]
+def contour_grid(rs: pydicom.Dataset, dose_grid: ImageGrid, inplane_factor: int = 2, margin_mm: float = 5.0, roi_numbers: set[int] | None = None) -> ImageGrid:
+    """Axial grid on the contour planes, ``1/inplane_factor`` of the dose spacing in-plane, covering every
+    contour (of the ROIs in ``roi_numbers``, when given)."""
+    points = [np.asarray(c.ContourData, dtype=float).reshape(-1, 3) for roi in rs.get("ROIContourSequence", [])
+              if roi_numbers is None or int(roi.ReferencedROINumber) in roi_numbers for c in roi.get("ContourSequence", [])]
     if not points:
         raise ValueError("the RTSTRUCT has no contours")
     allp = np.vstack(points)
@@ -44,14 +46,17 @@ def rt_dvhs(rtstruct: str | Path, rtdose: str | Path, roi_names: str | Path, onl
         raise InputDataError("dvh", rtdose, f"unknown DoseSummationType {dose.summation_type}")
     frames = {str(f.FrameOfReferenceUID) for f in rs.get("ReferencedFrameOfReferenceSequence", [])}
     frame = dose.frame_of_reference if dose.frame_of_reference in frames else (next(iter(frames)) if frames else dose.frame_of_reference)
-    grid = contour_grid(rs, dose.grid)
-    structures = read_structure_set(rs, grid, frame, RoiNameMap.from_yaml(roi_names), rtstruct)
-    wanted = {w.lower() for w in only} if only else None
-    dvhs = []
-    for roi in structures.rois:
-        if wanted and roi.name.lower() not in wanted and (roi.canonical or "").lower() not in wanted:
-            continue
-        dvhs.append(dvh_from_mask(roi.name, roi.mask, grid, dose.dose_gy, dose.grid))
+    names = RoiNameMap.from_yaml(roi_names)
+    numbers = None
+    if only:  # rasterise only the requested ROIs, on a grid covering only them
+        wanted = {w.lower() for w in only}
+        numbers = {int(r.ROINumber) for r in rs.get("StructureSetROISequence", [])
+                   if str(r.ROIName).lower() in wanted or (names.canonical(str(r.ROIName)) or "").lower() in wanted}
+        if not numbers:
+            raise InputDataError("dvh", rtstruct, f"no ROI named {', '.join(only)}", "list the ROIs with `isotox dvh` without --roi")
+    grid = contour_grid(rs, dose.grid, roi_numbers=numbers)
+    structures = read_structure_set(rs, grid, frame, names, rtstruct, roi_numbers=numbers)
+    dvhs = [dvh_from_mask(roi.name, roi.mask, grid, dose.dose_gy, dose.grid) for roi in structures.rois]
     notes = list(structures.warnings) + [f"dose summation type {dose.summation_type}: doses are as stored (a FRACTION dose is per fraction)"]
     return dvhs, notes
 

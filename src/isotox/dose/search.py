@@ -57,18 +57,22 @@ def candidates(protocol: dict[str, Any], max_total_gy: float | None = None) -> l
     return [c for c in out if lo - 1e-9 <= c.total_gy <= hi + 1e-9]
 
 
+def constraint_dvh(dvh: Dvh, constraint: dict[str, Any], fractions: int) -> Dvh:
+    """A physical total-dose DVH in the constraint's terms: per fraction, or EQD2 with its alpha/beta."""
+    if constraint.get("scope") == "per_fraction":
+        return dvh.scaled(1.0 / fractions)
+    if constraint.get("dose_type") == "eqd2":
+        return dvh.eqd2(fractions, float(constraint["alpha_beta_gy"]))
+    return dvh
+
+
 def constraint_value(samples: dict[str, StructureSamples], constraint: dict[str, Any], cand: Candidate) -> float:
     """The constraint's metric for a candidate (physical or EQD2, total or per fraction)."""
     name = constraint["structure"]
     if name not in samples:
         return float("nan")
     weights = (cand.total_gy, cand.boost_increment_gy) if len(samples[name].doses) > 1 else (cand.total_gy,)
-    dvh: Dvh = samples[name].dvh(weights)
-    if constraint.get("scope") == "per_fraction":
-        dvh = dvh.scaled(1.0 / cand.fractions)
-    elif constraint.get("dose_type") == "eqd2":
-        dvh = dvh.eqd2(cand.fractions, float(constraint["alpha_beta_gy"]))
-    return dvh.metric(constraint["metric"])
+    return constraint_dvh(samples[name].dvh(weights), constraint, cand.fractions).metric(constraint["metric"])
 
 
 @dataclass

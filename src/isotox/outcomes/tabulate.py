@@ -97,12 +97,19 @@ def _feasibility(rows: pd.DataFrame, patients: pd.DataFrame | None) -> pd.DataFr
     low, high = exact_ci(k, n)
     out.append({"measure": "whole-tumour boost to 72 Gy feasible", "source": source, "n": n, "feasible": k,
                 "proportion": k / n if n else np.nan, "ci_low": low, "ci_high": high, "ci_method": "Clopper-Pearson exact"})
-    if patients is not None and "prescribed_dose_gy" in patients.columns and "arm" in rows.columns:
-        dose = patients["prescribed_dose_gy"].astype(float).rename("dose")
-        joined = rows[["arm"]].join(dose, how="inner")
-        for arm, group in joined.groupby("arm"):
-            d = group["dose"].dropna()
-            out.append({"measure": f"prescribed dose, arm {arm}", "n": len(d), "median_gy": d.median(), "min_gy": d.min(), "max_gy": d.max()})
+    if patients is not None and "prescribed_dose_gy" in patients.columns:
+        # per arm as planned (plan_arm) when the plans say it, else as allocated in the clinical table
+        arms = patients["plan_arm"] if "plan_arm" in patients.columns else (rows["arm"] if "arm" in rows.columns else None)
+        if arms is not None:
+            doses = patients[[c for c in ("prescribed_dose_gy", "boost_total_gy") if c in patients.columns]].astype(float)
+            joined = doses.join(arms.rename("group"), how="inner")
+            for arm, group in joined.groupby("group"):
+                d = group["prescribed_dose_gy"].dropna()
+                entry = {"measure": f"prescribed dose, arm {arm}", "n": len(d), "median_gy": d.median(), "min_gy": d.min(), "max_gy": d.max()}
+                if "boost_total_gy" in group and group["boost_total_gy"].notna().any():
+                    b = group["boost_total_gy"].dropna()
+                    entry.update({"boost_median_gy": b.median(), "boost_min_gy": b.min(), "boost_max_gy": b.max()})
+                out.append(entry)
     return pd.DataFrame(out)
 
 

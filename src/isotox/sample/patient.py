@@ -148,6 +148,12 @@ def sample_histology(index: int, seed: int) -> str:
     return _draw_histology(np.random.default_rng([seed, index]))
 
 
+def sample_allocation(index: int, seed: int) -> str:
+    """The sample cohort's randomisation list: the arm ('A'/'B') patient ``index`` is allocated to
+    if its plan makes it randomizable (1:1, independent of everything else about the patient)."""
+    return str(np.random.default_rng([seed, index, 13]).choice(["A", "B"]))
+
+
 def _dce_frame_times() -> NDArray[np.float64]:
     """4 baseline frames, 3-s sampling through the first pass, then sparser to 150 s (26 frames)."""
     return np.concatenate([[0.0, 3.0, 6.0, 9.0], np.arange(12.0, 61.0, 3.0), [75.0, 90.0, 105.0, 120.0, 150.0]])

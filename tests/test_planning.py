@@ -1,0 +1,191 @@
+"""Stage 5: unit plans, the isotoxic search on real (sample) patients, exports, bad input.
+
+The search is checked by brute force: every candidate the plan evaluated is rebuilt from the
+written unit-dose NIfTIs as a full dose volume (total x base + increment x boost, voxel by voxel),
+its DVHs recomputed from the segmentation masks, and each constraint re-evaluated; the chosen
+prescription must be the highest candidate where all hold, and the one above it must break the
+reported limiting constraint.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pydicom
+import pytest
+import SimpleITK as sitk
+import yaml
+
+from isotox.dicomio.rtdose import read_rtdose
+from isotox.dicomio.rtstruct_reader import read_structure_set
+from isotox.dose.dvh import dvh_from_mask
+from isotox.dose.weights import optimise_weights
+from isotox.errors import InputDataError
+from isotox.geometry import ImageGrid
+from isotox.images import array, read_image
+from isotox.planning.settings import PlanningSettings
+from isotox.planning.stage import plan_patient
+from isotox.planning.verify import reevaluate_scan
+from isotox.settings import load_protocol
+from isotox.settings.roi_names import RoiNameMap
+from tests.conftest import REPO, SAMPLE_PATIENTS, sample_patients
+from tests.sample_dicom import dciodvfy_errors
+
+PET_BOOST = REPO / "config" / "protocols" / "pet_boost.yaml"
+
+
+def test_weights_meet_coverage_and_organ_penalty_moves_dose_away() -> None:
+    rng = np.random.default_rng(3)
+    target = 0.8 + 0.4 * rng.random((3000, 5))
+    organs = np.zeros((2000, 5))
+    organs[:, 0] = 0.9  # only beam 0 crosses the organ
+    free = optimise_weights(target, organs, organ_weight=0.0)
+    spared = optimise_weights(target, organs, organ_weight=1.0)
+    for result in (free, spared):
+        assert np.all(result.weights >= 0) and result.meets_coverage
+        dose = target @ result.weights
+        assert np.percentile(dose, 5) >= 0.95 - 1e-6
+    assert (organs @ spared.weights).mean() < (organs @ free.weights).mean()
+
+
+def test_workflow_plans_every_sample_patient(sample_run: Path) -> None:
+    table = pd.read_csv(sample_run / "cohort" / "patients.tsv", sep="\t")
+    for column in ("prescribed_dose_gy", "boost_feasible", "mld_gy", "lung_v20_pct", "ntcp_pneumonitis", "ntcp_esophagitis", "eqd2_prescription_gy"):
+        assert column in table.columns, column
+    assert len(table) == SAMPLE_PATIENTS and table["boost_feasible"].notna().all()
+    feasibility = pd.read_csv(sample_run / "cohort" / "outcomes" / "feasibility.tsv", sep="\t")
+    first = feasibility.iloc[0]
+    assert first["source"] == "plans (boost_feasible)" and first["n"] == SAMPLE_PATIENTS
+    assert first["feasible"] == int(table["boost_feasible"].astype(str).str.lower().eq("true").sum())
+    for _, patient_dir in sample_patients(sample_run):
+        plan = json.loads((patient_dir / "plan" / "plan.json").read_text())
+        for name in ("dvh.tsv", "dvh_curves.tsv", "constraint_scan.tsv", "qc/dvh.png", "qc/constraints.png", "qc/dose.png", "dose/prescribed.nii.gz"):
+            assert (patient_dir / "plan" / name).is_file(), name
+        assert plan["feasible"] and plan["dose_source"] == "engine"
+        coverage = plan["coverage"]["PTV"]
+        assert coverage["D95_percent"] >= 93.0  # sub-voxel DVH; the NNLS normalisation aims at 95 % on dose-grid voxels
+        assert plan["radiobiology"]["eqd2_prescription_gy"] == pytest.approx(
+            plan["prescribed_dose_gy"] * (plan["dose_per_fraction_gy"] + 10) / 12)
+
+
+def test_search_agrees_with_brute_force_on_the_sample_cohort(sample_run: Path) -> None:
+    protocol = load_protocol(PET_BOOST)
+    ids = [c["id"] for c in protocol["constraints"]]
+    for _, patient_dir in sample_patients(sample_run):
+        plan = json.loads((patient_dir / "plan" / "plan.json").read_text())
+        scan = reevaluate_scan(patient_dir, protocol)
+        for cid in ids:  # sub-voxel samples of unit plans vs full dose volumes: the same numbers
+            np.testing.assert_allclose(scan[f"{cid}_recomputed"].astype(float), scan[cid].astype(float), rtol=1e-4, atol=1e-4, err_msg=cid)
+        assert (scan["feasible_recomputed"] == (scan["feasible"].astype(str) == "True")).all()
+        test = scan[scan["scan"].str.contains("whole-tumour")].iloc[0]
+        assert plan["boost_feasible"] == bool(test["feasible_recomputed"])
+        main = scan[~scan["scan"].str.contains("whole-tumour")].reset_index(drop=True)
+        feasible = main.index[main["feasible_recomputed"]]
+        chosen = main.loc[feasible[-1]]
+        assert chosen["target_gy"] == pytest.approx(plan["boost_total_gy"] or plan["prescribed_dose_gy"])
+        if feasible[-1] + 1 < len(main):  # the next candidate up breaks the reported limiting constraint(s)
+            above = main.loc[feasible[-1] + 1]
+            broken = {cid for cid in ids if above[f"{cid}_recomputed"] > protocol["constraints"][ids.index(cid)]["limit"]}
+            assert set(plan["limiting_constraints"]) == broken
+        else:
+            assert plan["limiting_constraints"] == []  # the protocol's cap was reached
+
+
+def test_exported_rtstruct_and_rtdose_validate_and_reload_with_the_same_dvh(sample_run: Path) -> None:
+    _, patient_dir = sample_patients(sample_run)[0]
+    plan_dir = patient_dir / "plan"
+    plan = json.loads((plan_dir / "plan.json").read_text())
+    rs_path, rd_path = plan_dir / plan["export"]["rtstruct"], plan_dir / plan["export"]["rtdose"]
+    rp_path = plan_dir / plan["export"]["rtplan"]
+    for path in (rs_path, rp_path, rd_path):
+        assert dciodvfy_errors(path) == [], path.name
+    rp = pydicom.dcmread(rp_path)
+    assert int(rp.FractionGroupSequence[0].NumberOfFractionsPlanned) == plan["fractions"]
+    assert float(rp.DoseReferenceSequence[0].TargetPrescriptionDose) == pytest.approx(plan["prescribed_dose_gy"])
+    assert str(pydicom.dcmread(rd_path).ReferencedRTPlanSequence[0].ReferencedSOPInstanceUID) == str(rp.SOPInstanceUID)
+    ct = read_image(patient_dir / "ingest" / "planning_ct.nii.gz")
+    grid = ImageGrid.from_sitk(ct)
+    meta = json.loads((patient_dir / "ingest" / "metadata.json").read_text())
+    rs = pydicom.dcmread(rs_path)
+    back = {r.name: r.mask for r in read_structure_set(rs, grid, meta["planning_ct_dicom"]["frame_of_reference_uid"],
+                                                              RoiNameMap.from_yaml(REPO / "config" / "roi_names.yaml")).rois}
+    dose = read_rtdose(pydicom.dcmread(rd_path), patient_dir.name, rd_path)
+    table = pd.read_csv(plan_dir / "dvh.tsv", sep="\t")
+    physical = table[table["dose_type"] == "physical"].set_index("structure")
+    for name in ("PTV", "GTV", "LUNGS_MINUS_GTV", "HEART", "SPINAL_CORD"):
+        dvh = dvh_from_mask(name, back[name], grid, dose.dose_gy, dose.grid)
+        # contour round trip: marching squares at the voxel edges and even-odd filling give back the same voxels
+        # to within the boundary voxels that touch a contour (<= 1.5 % of a >= 30 cc structure)
+        assert dvh.total_cc == pytest.approx(physical.loc[name, "volume_cc"], rel=0.015), name
+        assert dvh.mean() == pytest.approx(physical.loc[name, "Dmean"], rel=0.01, abs=0.05), name
+        assert dvh.d_percent(95) == pytest.approx(physical.loc[name, "D95"], rel=0.01, abs=0.1), name
+    assert float(dose.dose_gy.max()) == pytest.approx(float(array(read_image(plan_dir / "dose" / "prescribed.nii.gz")).max()), rel=1e-6)
+
+
+@pytest.fixture()
+def patient_copy(sample_run: Path, tmp_path: Path) -> Path:
+    """A writable copy of a sample patient's ingest/ and segment/ (plan/ is produced by the test)."""
+    _, patient_dir = sample_patients(sample_run)[0]
+    out = tmp_path / patient_dir.name
+    for stage in ("ingest", "segment"):
+        shutil.copytree(patient_dir / stage, out / stage)
+    return out
+
+
+def _protocol_variant(tmp_path: Path, source: Path, change) -> Path:
+    doc = yaml.safe_load(source.read_text())
+    change(doc)
+    path = tmp_path / f"{doc['name']}.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+@pytest.mark.parametrize("name", ["isotoxic_hypofractionated", "maastro_isotoxic_bid"])
+def test_other_protocols_follow_their_fractionation_rule(patient_copy: Path, name: str) -> None:
+    protocol = load_protocol(REPO / "config" / "protocols" / f"{name}.yaml")
+    doc = plan_patient(patient_copy, REPO / "config" / "protocols" / f"{name}.yaml", settings=PlanningSettings())
+    rule = protocol["fractionation"]
+    if doc["feasible"]:
+        assert protocol["total_dose_gy"]["min"] - 1e-9 <= doc["prescribed_dose_gy"] <= protocol["total_dose_gy"]["max"] + 1e-9
+        if rule["rule"] == "fixed_dose_per_fraction":
+            assert doc["dose_per_fraction_gy"] == pytest.approx(rule["dose_per_fraction_gy"])
+        for cid, entry in doc["prescription"]["constraints"].items():
+            assert entry["value"] is None or entry["value"] <= entry["limit"] + 1e-9, cid
+    assert doc["boost_feasible"] is None and (patient_copy / "plan" / "plan.json").is_file()
+
+
+def test_infeasible_patient_is_flagged_not_dropped(patient_copy: Path, tmp_path: Path) -> None:
+    def tighten(doc: dict) -> None:
+        doc["name"] = "tight"
+        doc["constraints"][1]["limit"] = 0.5  # MLD <= 0.5 Gy: impossible at any dose of the protocol
+    doc = plan_patient(patient_copy, _protocol_variant(tmp_path, PET_BOOST, tighten))
+    assert not doc["feasible"] and doc["prescribed_dose_gy"] is None
+    assert any("infeasible" in f and "lung_mld" in f for f in doc["flags"])
+    assert not (patient_copy / "plan" / "dicom").exists() and (patient_copy / "plan" / "plan.json").is_file()
+
+
+def test_missing_ptv_names_patient_file_and_fix(patient_copy: Path) -> None:
+    (patient_copy / "segment" / "masks" / "PTV.nii.gz").unlink()
+    with pytest.raises(InputDataError) as info:
+        plan_patient(patient_copy, PET_BOOST)
+    text = str(info.value)
+    assert patient_copy.name in text and "PTV.nii.gz" in text and "segmentation" in text
+    assert not (patient_copy / "plan").exists() and not list(patient_copy.glob(".plan*")), "no half-written result"
+
+
+def test_tps_dose_is_used_when_present(patient_copy: Path, sample_run: Path) -> None:
+    """A TPS RTDOSE (here the engine's base plan scaled to 66 Gy, as a TPS would export it) becomes the
+    base plan, renormalised to its PTV median; the boost plans still come from the engine."""
+    _, source_dir = sample_patients(sample_run)[0]
+    base = read_image(source_dir / "plan" / "dose" / "base_unit.nii.gz")
+    sitk.WriteImage(base * 66.0, str(patient_copy / "ingest" / "rtdose.nii.gz"))
+    doc = plan_patient(patient_copy, PET_BOOST, settings=PlanningSettings(dose_source="auto"))
+    assert doc["dose_source"] == "tps" and doc["unit_plans"]["base"]["source"] == "tps"
+    assert doc["unit_plans"]["boost_A"]["source"] == "engine"
+    tps_unit = array(read_image(patient_copy / "plan" / "dose" / "base_unit.nii.gz"))
+    ratio = tps_unit[array(base) > 0.5] / array(base)[array(base) > 0.5]
+    assert np.ptp(ratio) < 1e-3  # the same distribution, only renormalised
