@@ -13,6 +13,7 @@ or generates, ingests, registers and segments a sample patient (default preset '
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import tempfile
 import time
@@ -64,8 +65,12 @@ def _parts(patient: Path) -> None:
     for name, target in (("base", "PTV"), ("boost_A", "PTV_BOOST_A"), ("boost_B", "PTV_BOOST_B")):
         units[name] = engine_plan(context, name, target, masks[target])
         w = units[name].weights
-        print(f"engine {name} ({target}, {len(settings.angles())} beams + NNLS): {units[name].seconds:.1f} s; "
+        print(f"engine {name} ({target}, {len(settings.angles())} beams, {settings.weights} weights by NNLS): {units[name].seconds:.1f} s; "
               f"D95 {100 * w.d95:.1f} %, Dmax {100 * w.dmax:.1f} %")
+    one_weight_per_field = dataclasses.replace(context, settings=dataclasses.replace(settings, weights="beam"))
+    crt = engine_plan(one_weight_per_field, "base", "PTV", masks["PTV"])
+    print(f"engine base with one weight per field (planning.weights: beam): {crt.seconds:.1f} s; "
+          f"D95 {100 * crt.weights.d95:.1f} %, Dmax {100 * crt.weights.dmax:.1f} %")
     doses = [(units[p].dose, context.dose_grid) for p in ("base", "boost_A", "boost_B")]
     samples, times = {}, {}
     for name, mask in masks.items():

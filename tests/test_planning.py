@@ -19,15 +19,18 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 import yaml
+from scipy.optimize import nnls
 
 from isotox.dicomio.rtdose import read_rtdose
 from isotox.dicomio.rtstruct_reader import read_structure_set
 from isotox.dose.dvh import dvh_from_mask
-from isotox.dose.weights import optimise_weights
+from isotox.dose.weights import _nnls_from_normal_equations, optimise_weights
 from isotox.errors import InputDataError
 from isotox.geometry import ImageGrid
 from isotox.images import array, read_image
+from isotox.dose.photon_engine import beam_dose_on_grid
 from isotox.planning.settings import PlanningSettings
+from isotox.planning.unit_plans import PlanningContext, load_fluence
 from isotox.planning.stage import plan_patient
 from isotox.planning.verify import reevaluate_scan
 from isotox.settings import load_protocol
@@ -43,13 +46,28 @@ def test_weights_meet_coverage_and_organ_penalty_moves_dose_away() -> None:
     target = 0.8 + 0.4 * rng.random((3000, 5))
     organs = np.zeros((2000, 5))
     organs[:, 0] = 0.9  # only beam 0 crosses the organ
-    free = optimise_weights(target, organs, organ_weight=0.0)
-    spared = optimise_weights(target, organs, organ_weight=1.0)
+    # the penalty itself, on one NNLS pass (later passes re-weight target rows differently per problem)
+    free = optimise_weights(target, organs, organ_weight=0.0, passes=1)
+    spared = optimise_weights(target, organs, organ_weight=1.0, passes=1)
     for result in (free, spared):
         assert np.all(result.weights >= 0) and result.meets_coverage
         dose = target @ result.weights
         assert np.percentile(dose, 5) >= 0.95 - 1e-6
     assert (organs @ spared.weights).mean() < (organs @ free.weights).mean()
+    # re-weighting passes keep the lowest normalised hot spot, so they never do worse than one pass
+    assert optimise_weights(target, organs, organ_weight=1.0).dmax <= spared.dmax + 1e-12
+
+
+def test_normal_equation_nnls_has_the_tall_problems_minimiser() -> None:
+    """The optimiser solves the small Cholesky-reduced system; it must reach the same minimum as
+    scipy's NNLS on the tall system (a law: |Aw - b|^2 = |Rw - c|^2 + const for A^T A = R^T R)."""
+    rng = np.random.default_rng(5)
+    a = rng.random((4000, 60)) * (rng.random(60) < 0.7)  # some columns are zero (beamlets that reach no row)
+    b = rng.random(4000)
+    tall, _ = nnls(a, b, maxiter=5000)
+    small = _nnls_from_normal_equations(a.T @ a, a.T @ b, maxiter=5000)
+    assert np.all(small >= 0)
+    assert np.linalg.norm(a @ small - b) == pytest.approx(np.linalg.norm(a @ tall - b), rel=1e-6)
 
 
 def test_workflow_plans_every_sample_patient(sample_run: Path) -> None:
@@ -70,6 +88,9 @@ def test_workflow_plans_every_sample_patient(sample_run: Path) -> None:
         assert coverage["D95_percent"] >= 93.0  # sub-voxel DVH; the NNLS normalisation aims at 95 % on dose-grid voxels
         assert plan["radiobiology"]["eqd2_prescription_gy"] == pytest.approx(
             plan["prescribed_dose_gy"] * (plan["dose_per_fraction_gy"] + 10) / 12)
+        # beamlet weights reach the ICRU 50/62 window on the dose-grid voxels of every unit plan
+        for name, unit in plan["unit_plans"].items():
+            assert unit["optimisation"]["meets_d95_95"] and unit["optimisation"]["meets_dmax_107"], (patient_dir.name, name, unit["optimisation"])
 
 
 def test_search_agrees_with_brute_force_on_the_sample_cohort(sample_run: Path) -> None:
@@ -156,6 +177,29 @@ def test_other_protocols_follow_their_fractionation_rule(patient_copy: Path, nam
         for cid, entry in doc["prescription"]["constraints"].items():
             assert entry["value"] is None or entry["value"] <= entry["limit"] + 1e-9, cid
     assert doc["boost_feasible"] is None and (patient_copy / "plan" / "plan.json").is_file()
+
+
+@pytest.mark.parametrize("weights", ["beamlet", "beam"])
+def test_fluence_files_reproduce_the_unit_plan(patient_copy: Path, weights: str) -> None:
+    """``dose/base_fluence.npz`` is the plan: its beams, recomputed on the patient's density, give the
+    stored unit dose (to float32 storage). Beam weights give flat fields, beamlets modulated ones."""
+    settings = PlanningSettings(weights=weights)  # type: ignore[arg-type]
+    doc = plan_patient(patient_copy, REPO / "config" / "protocols" / "isotoxic_hypofractionated.yaml", settings=settings)
+    beams = load_fluence(patient_copy / "plan" / "dose" / "base_fluence.npz")
+    assert [g.gantry_deg for g, _ in beams] == settings.angles()
+    ct = read_image(patient_copy / "ingest" / "planning_ct.nii.gz")
+    body, ptv = (array(read_image(patient_copy / "segment" / "masks" / f"{n}.nii.gz")).astype(bool) for n in ("BODY", "PTV"))
+    context = PlanningContext.build(ct, body, [], [ptv], settings, settings.beam_model())
+    recomputed = sum(beam_dose_on_grid(context.model, context.density, g, a, context.dose_grid, context.calc_mask, settings.ray_step_mm)
+                     for g, a in beams)
+    stored = array(read_image(patient_copy / "plan" / "dose" / "base_unit.nii.gz"))
+    assert np.abs(recomputed - stored).max() < 1e-4 * stored.max()
+    spread = [float(np.ptp(a.fluence[a.mask]) / a.fluence[a.mask].max()) for _, a in beams if a.fluence[a.mask].max() > 0]  # NNLS may switch a beam off
+    if weights == "beam":
+        assert max(spread) < 1e-6
+    else:
+        assert max(spread) > 0.2  # modulated (the smoothness penalty keeps it from being noise)
+    assert doc["unit_plans"]["base"]["optimisation"]["meets_d95_95"]
 
 
 def test_infeasible_patient_is_flagged_not_dropped(patient_copy: Path, tmp_path: Path) -> None:

@@ -66,7 +66,11 @@ class Aperture:
     x0_mm: float  # iso-plane X of pixel 0's centre
     z0_mm: float
     pixel_mm: float
-    mask: NDArray[np.bool_]
+    mask: NDArray[np.bool_]  # open pixels (the field shape: scatter and equivalent square come from it)
+    fluence: NDArray[np.float32] | None = None  # relative fluence per pixel (None: open field, 1 inside the mask)
+
+    def fluence_map(self) -> NDArray[np.float32]:
+        return self.mask.astype(np.float32) if self.fluence is None else np.where(self.mask, self.fluence, 0.0).astype(np.float32)
 
     @property
     def area_cm2(self) -> float:

@@ -1,11 +1,17 @@
-"""Beam weights by non-negative least squares, and the normalisation of a plan to its target.
+"""Beam or beamlet weights by non-negative least squares, and the normalisation of a plan to its target.
 
-Weights minimise  sum_t c_t (D_t - 1)^2 + sum_o c_o D_o^2  over target voxels t and organ-at-risk
-voxels o outside the target, with w >= 0 (scipy's Lawson-Hanson NNLS). Target rows are then
+Weights minimise  sum_t c_t (D_t - 1)^2 + sum_o c_o D_o^2 + |R w|^2  over target voxels t,
+organ-at-risk voxels o outside the target and optional regulariser rows R (fluence smoothness
+between neighbouring beamlets), with w >= 0 (scipy's Lawson-Hanson NNLS). Target rows are then
 re-weighted where the dose falls below 95 % or above 107 % of the prescription and the problem is
 solved again (a few passes), which pulls the distribution into the ICRU 50/62 window
-(D95 >= 95 %, Dmax <= 107 %) as far as the beam directions allow. The result is normalised so the
-target's median dose is the prescription (ICRU 83 reporting), and raised if D95 is then below 95 %.
+(D95 >= 95 %, Dmax <= 107 %) as far as the beam directions and the degrees of freedom allow. The
+result is normalised so the target's median dose is the prescription (ICRU 83 reporting), and
+raised if D95 is then below 95 %.
+
+The rows outnumber the weights by 100-1000x, so each pass solves the equivalent square problem
+min |R w - R^-T A^T b| with A^T A = R^T R (same minimiser, a few hundred rows instead of tens of
+thousands); the organ and regulariser part of A^T A is formed once, only the target rows change.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from numpy.typing import NDArray
+from scipy.linalg import solve_triangular
 from scipy.optimize import nnls
 
 FloatArray = NDArray[np.float64]
@@ -24,13 +31,14 @@ HOTSPOT_DMAX = 1.07
 
 @dataclass
 class WeightResult:
-    weights: FloatArray  # per beam, relative (the plan dose is sum_b w_b D_b)
+    weights: FloatArray  # per beam or beamlet, relative (the plan dose is sum_b w_b D_b)
     d95: float  # of the target, relative to the prescription, after normalisation
     d50: float
     d2: float
     dmax: float
     passes: int
     notes: list[str] = field(default_factory=list)
+    scale: float = 1.0  # normalisation factor applied to the solver's weights
 
     @property
     def meets_coverage(self) -> bool:
@@ -41,7 +49,8 @@ class WeightResult:
         return self.dmax <= HOTSPOT_DMAX + 1e-6
 
     def as_dict(self) -> dict[str, object]:
-        return {"weights": [float(w) for w in self.weights], "target_d95_percent": 100 * self.d95, "target_d50_percent": 100 * self.d50,
+        listed: dict[str, object] = {"weights": [float(w) for w in self.weights]} if self.weights.size <= 50 else {"n_weights": int(self.weights.size)}
+        return {**listed, "target_d95_percent": 100 * self.d95, "target_d50_percent": 100 * self.d50,
                 "target_d2_percent": 100 * self.d2, "target_dmax_percent": 100 * self.dmax, "meets_d95_95": self.meets_coverage,
                 "meets_dmax_107": self.meets_hotspot, "passes": self.passes, "notes": self.notes}
 
@@ -51,35 +60,68 @@ def _percentile_dose(dose: FloatArray, volume_percent: float) -> float:
     return float(np.percentile(dose, 100.0 - volume_percent)) if dose.size else float("nan")
 
 
-def optimise_weights(target: FloatArray, organs: FloatArray | None = None, organ_weight: float = 0.3, passes: int = 6) -> WeightResult:
-    """``target``: (n_target_samples, n_beams) unit-weight beam doses; ``organs``: (n_organ_samples, n_beams)."""
+def _nnls_from_normal_equations(gram: FloatArray, rhs: FloatArray, maxiter: int) -> FloatArray:
+    """argmin_{w >= 0} |A w - b| given A^T A and A^T b: NNLS on the square system R w ~ R^-T A^T b
+    with A^T A = R^T R (Cholesky), which has the same minimiser as the tall one."""
+    ridge = 1e-10 * float(np.trace(gram)) / len(gram)  # columns that reach no row (a beamlet outside every row) stay solvable
+    r = np.linalg.cholesky(gram + ridge * np.eye(len(gram))).T
+    weights, _ = nnls(r, solve_triangular(r, rhs, trans="T"), maxiter=maxiter)
+    return weights
+
+
+def solve_weights(target: FloatArray, organs: FloatArray | None = None, organ_weight: float = 0.3, passes: int = 20,
+                  regulariser: FloatArray | None = None) -> tuple[FloatArray, int]:
+    """Raw (unnormalised) weights and the pass they come from (the one with the lowest normalised hot spot).
+
+    ``target``: (n_target_samples, n_weights) unit-weight doses; ``organs``: (n_organ_samples,
+    n_weights); ``regulariser``: (n_rows, n_weights) rows whose product with w is driven to 0,
+    scaled by the caller relative to a target row."""
     n_t, n_b = target.shape
     if n_t == 0:
         raise ValueError("the target has no voxels in the dose grid")
     organs = np.zeros((0, n_b)) if organs is None else organs
+    regulariser = np.zeros((0, n_b)) if regulariser is None else regulariser
     organ_scale = organ_weight * np.sqrt(n_t / max(len(organs), 1))
+    fixed = organ_scale**2 * (organs.T @ organs) + n_t * (regulariser.T @ regulariser)  # rows whose weight never changes
     row_weight = np.ones(n_t)
-    weights = np.ones(n_b)
-    notes: list[str] = []
-    for _ in range(passes):
-        a = np.vstack([target * row_weight[:, None], organs * organ_scale])
-        b = np.concatenate([row_weight, np.zeros(len(organs))])
-        weights, _ = nnls(a, b, maxiter=50 * n_b)
+    best, best_hotspot, best_pass = np.ones(n_b), np.inf, 0
+    for used in range(1, passes + 1):
+        weighted = target * row_weight[:, None]
+        weights = _nnls_from_normal_equations(weighted.T @ weighted + fixed, weighted.T @ row_weight, maxiter=50 * n_b)
         dose = target @ weights
         if not np.any(dose > 0):
             break
+        # keep the pass whose hot spot is lowest once normalised (D95 >= 95 % is restored by normalise)
+        hotspot = normalise(weights, dose).dmax
+        if hotspot < best_hotspot - 1e-9:
+            best, best_hotspot, best_pass = weights, hotspot, used
         dose = dose / np.median(dose)
         cold, hot = dose < COVERAGE_D95, dose > HOTSPOT_DMAX
         if not cold.any() and not hot.any():
             break
         row_weight = row_weight * np.where(cold | hot, 1.5, 1.0)
-    dose = target @ weights
-    if not np.any(dose > 0):
+    return best, best_pass
+
+
+def normalise(weights: FloatArray, target_dose: FloatArray, passes: int = 0) -> WeightResult:
+    """Scale ``weights`` so the target's median dose is 1, or its D95 0.95 if that is higher.
+
+    ``target_dose`` is the dose of the unscaled weights at the target samples: the dose that will
+    be delivered (for beamlets, the final fluence-map dose, not the optimiser's matrix)."""
+    if not np.any(target_dose > 0):
         raise ValueError("no beam reaches the target (check the isocentre and the target mask)")
-    scale = 1.0 / float(np.median(dose))
-    if _percentile_dose(dose * scale, 95.0) < COVERAGE_D95:
+    notes: list[str] = []
+    scale = 1.0 / float(np.median(target_dose))
+    if _percentile_dose(target_dose * scale, 95.0) < COVERAGE_D95:
         notes.append("normalised to D95 = 95 % (the median normalisation left the target under-covered)")
-        scale = COVERAGE_D95 / _percentile_dose(dose, 95.0)
-    weights = weights * scale
-    final = target @ weights
-    return WeightResult(weights, _percentile_dose(final, 95.0), float(np.median(final)), _percentile_dose(final, 2.0), float(final.max()), passes, notes)
+        scale = COVERAGE_D95 / _percentile_dose(target_dose, 95.0)
+    final = target_dose * scale
+    return WeightResult(weights * scale, _percentile_dose(final, 95.0), float(np.median(final)), _percentile_dose(final, 2.0),
+                        float(final.max()), passes, notes, scale)
+
+
+def optimise_weights(target: FloatArray, organs: FloatArray | None = None, organ_weight: float = 0.3, passes: int = 20,
+                     regulariser: FloatArray | None = None) -> WeightResult:
+    """Solve and normalise on the same rows (exact when ``target`` is the delivered dose)."""
+    weights, used = solve_weights(target, organs, organ_weight, passes, regulariser)
+    return normalise(weights, target @ weights, used)

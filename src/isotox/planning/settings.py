@@ -13,6 +13,7 @@ from isotox.dose.beams import equally_spaced_gantry_angles
 from isotox.dose.density import DEFAULT_HU_TO_RED, validate_curve
 
 DoseSource = Literal["auto", "engine", "tps"]
+WeightMode = Literal["beam", "beamlet"]
 DEFAULT_BEAM_FILE = Path(__file__).resolve().parents[3] / "config" / "beams" / "generic_6mv.yaml"
 
 
@@ -27,6 +28,9 @@ class PlanningSettings:
     fan_pixel_mm: float = 2.0  # lateral resolution of the ray grid on the isocentre plane
     ray_step_mm: float = 2.0
     organ_weight: float = 0.3  # NNLS penalty on organ-at-risk dose relative to target rows
+    weights: WeightMode = "beamlet"  # beamlet: a fluence map per beam (IMRT-like); beam: one weight per open field (3-D CRT)
+    beamlet_mm: float = 10.0  # beamlet size on the isocentre plane (an MLC leaf pair and a 1 cm step)
+    fluence_smoothing: float = 0.05  # penalty on fluence differences between neighbouring beamlets
     supersample: list[int] = field(default_factory=lambda: [2, 2, 2])  # DVH sub-voxels per axis
     tumour_alpha_beta_gy: float = 10.0  # EQD2 of the prescription
     hu_to_red: list[list[float]] = field(default_factory=lambda: [list(p) for p in DEFAULT_HU_TO_RED])

@@ -8,6 +8,7 @@ Writes (all or nothing):
 * ``dvh.tsv``: the prescribed plan's DVH metrics per structure (physical and EQD2 rows);
   ``dvh_curves.tsv``: the cumulative DVHs; ``constraint_scan.tsv``: every candidate evaluated;
 * ``dose/{base,boost_A,boost_B}_unit.nii.gz`` (Gy per Gy) and ``dose/prescribed.nii.gz`` (Gy);
+  with the engine, ``dose/{unit plan}_fluence.npz``: each beam's optimised fluence map;
 * ``qc/dvh.png``, ``qc/constraints.png``, ``qc/dose.png``;
 * ``dicom/RS.dcm`` + ``dicom/RD.dcm``: the structures and the prescribed dose for the TPS.
 
@@ -169,7 +170,7 @@ def plan_patient(patient_dir: str | Path, protocol_path: str | Path, *, arm: str
         "coverage": _coverage(dvhs, prescription), "dose_metrics": _key_metrics(dvhs),
         "radiobiology": radiobiology(dvhs, protocol, prescription, settings.tumour_alpha_beta_gy),
         "engine": {**model.summary(), "gantry_angles_deg": settings.angles(), "dose_grid_mm": settings.dose_grid_mm,
-                   "aperture_margin_mm": settings.aperture_margin_mm, "dose_grid": {"size": list(context.dose_grid.size), "origin_mm": list(context.dose_grid.origin)}},
+                   "aperture_margin_mm": settings.aperture_margin_mm, "weights": settings.weights, "beamlet_mm": settings.beamlet_mm, "dose_grid": {"size": list(context.dose_grid.size), "origin_mm": list(context.dose_grid.origin)}},
         "unit_plans": {p: units[p].summary() for p in plan_order}, "flags": flags,
     }
     with atomic_path(patient_dir / STAGE) as out:
@@ -177,6 +178,8 @@ def plan_patient(patient_dir: str | Path, protocol_path: str | Path, *, arm: str
         (out / "qc").mkdir()
         for p in plan_order:
             sitk.WriteImage(to_image(context.dose_grid, unit_doses[p]), str(out / "dose" / f"{p}_unit.nii.gz"), useCompression=True)
+            if units[p].apertures:
+                np.savez_compressed(out / "dose" / f"{p}_fluence.npz", **units[p].fluence_arrays())
         prescription.scan.to_csv(out / "constraint_scan.tsv", sep="\t", index=False, float_format="%.5g")
         chosen_gy = (prescription.candidate.total_gy + prescription.candidate.boost_increment_gy) if prescription.candidate else None
         constraint_plot(prescription.scan, protocol["constraints"], chosen_gy, out / "qc" / "constraints.png", f"{patient}: constraints vs dose ({protocol['name']})")

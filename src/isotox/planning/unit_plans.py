@@ -4,7 +4,7 @@ A base plan covers the PTV; a boost plan covers a boost PTV (arm A: GTV + margin
 50 % SUVmax volume + margin). The search combines them voxel by voxel (total x base +
 increment x boost), so every plan here is linear in its prescription by construction.
 Sources: the clinic's RTDOSE (a TPS plan, renormalised to its PTV median) or the built-in engine
-(coplanar conformal beams, weights by NNLS; ``isotox.dose.photon_engine``).
+(coplanar conformal beams, beam or beamlet weights by NNLS; ``isotox.dose.photon_engine``).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,10 +21,10 @@ from numpy.typing import NDArray
 from scipy import ndimage
 
 from isotox.dose.beam_model import BeamModel
-from isotox.dose.beams import BeamGeometry, conformal_aperture
+from isotox.dose.beams import Aperture, BeamGeometry, conformal_aperture
 from isotox.dose.density import relative_electron_density
-from isotox.dose.photon_engine import DensityVolume, beam_dose_on_grid
-from isotox.dose.weights import WeightResult, optimise_weights
+from isotox.dose.photon_engine import DensityVolume, beam_dose_on_grid, beamlet_doses_at
+from isotox.dose.weights import WeightResult, normalise, optimise_weights, solve_weights
 from isotox.geometry import ImageGrid
 from isotox.images import array
 from isotox.planning.settings import PlanningSettings
@@ -43,12 +44,37 @@ class UnitPlan:
     beams: list[dict[str, Any]] = field(default_factory=list)
     weights: WeightResult | None = None
     seconds: float = 0.0
+    apertures: list[Aperture] = field(default_factory=list)  # engine: each beam's field and fluence map
+    geometry: list[BeamGeometry] = field(default_factory=list)  # engine: each beam's gantry angle, isocentre, SAD
+
+    def fluence_arrays(self) -> dict[str, NDArray[Any]]:
+        """Each beam's fluence map on its aperture pixels ([X, Z] on the isocentre plane, IEC 61217
+        beam-limiting-device axes) with the pixel grid, for ``dose/{name}_fluence.npz``."""
+        if not self.apertures:
+            return {}
+        out: dict[str, NDArray[Any]] = {
+            "gantry_deg": np.array([g.gantry_deg for g in self.geometry]), "isocentre_mm": np.array([g.isocentre_mm for g in self.geometry]),
+            "sad_mm": np.array([g.sad_mm for g in self.geometry]), "pixel_mm": np.array([a.pixel_mm for a in self.apertures]),
+            "x0_mm": np.array([a.x0_mm for a in self.apertures]), "z0_mm": np.array([a.z0_mm for a in self.apertures])}
+        for index, aperture in enumerate(self.apertures):
+            out[f"open_{index}"] = aperture.mask
+            out[f"fluence_{index}"] = aperture.fluence_map()
+        return out
 
     def summary(self) -> dict[str, Any]:
         out: dict[str, Any] = {"target": self.target, "source": self.source, "seconds": round(self.seconds, 2), "beams": self.beams}
         if self.weights is not None:
             out["optimisation"] = self.weights.as_dict()
         return out
+
+
+def load_fluence(path: Path) -> list[tuple[BeamGeometry, Aperture]]:
+    """The beams of a ``dose/{plan}_fluence.npz``: summing ``beam_dose_on_grid`` over them on the
+    patient's density reproduces the unit plan (the file is the plan, not a picture of it)."""
+    with np.load(path) as data:
+        return [(BeamGeometry(float(data["gantry_deg"][b]), tuple(float(v) for v in data["isocentre_mm"][b]), float(data["sad_mm"][b])),  # type: ignore[arg-type]
+                 Aperture(float(data["x0_mm"][b]), float(data["z0_mm"][b]), float(data["pixel_mm"][b]), data[f"open_{b}"], data[f"fluence_{b}"]))
+                for b in range(len(data["gantry_deg"]))]
 
 
 def dose_grid_for(ct_grid: ImageGrid, body: NDArray[np.bool_], spacing_mm: float) -> ImageGrid:
@@ -110,35 +136,117 @@ class PlanningContext:
         return cls(ct_grid, density_volume(ct, body, settings.hu_to_red), dose_grid, calc, model, settings, mask_on_grid(organ, ct_grid, dose_grid) & calc)
 
 
+def _voxel_centres(mask: NDArray[np.bool_], grid: ImageGrid) -> NDArray[np.float64]:
+    return grid.index_to_physical(np.argwhere(mask)[:, ::-1].astype(float))
+
+
+def _organ_row_mask(context: PlanningContext) -> NDArray[np.bool_]:
+    """Organ voxels used as NNLS rows: all of them, or a seeded random subset of MAX_ORGAN_ROWS."""
+    organ_idx = np.flatnonzero(context.organ_rows)
+    if organ_idx.size > MAX_ORGAN_ROWS:
+        organ_idx = np.sort(np.random.default_rng(0).choice(organ_idx, MAX_ORGAN_ROWS, replace=False))
+    rows = np.zeros(context.dose_grid.shape, bool)
+    rows.flat[organ_idx] = True
+    return rows
+
+
+def _neighbour_pairs(labels: NDArray[np.int32]) -> NDArray[np.intp]:
+    """Pairs of beamlet labels that touch along X or Z on the aperture (each pair once)."""
+    pairs = [np.c_[a[(a >= 0) & (b >= 0) & (a != b)], b[(a >= 0) & (b >= 0) & (a != b)]]
+             for a, b in ((labels[:-1, :], labels[1:, :]), (labels[:, :-1], labels[:, 1:]))]
+    both = np.sort(np.vstack(pairs), axis=1)
+    return np.unique(both, axis=0) if both.size else np.zeros((0, 2), np.intp)
+
+
+def _smoothing_rows(labels: list[NDArray[np.int32]], offsets: list[int], n_weights: int, strength: float) -> NDArray[np.float64]:
+    """Rows strength x (w_a - w_b) for neighbouring beamlets of the same beam."""
+    pairs = np.vstack([_neighbour_pairs(lab) + off for lab, off in zip(labels, offsets)])
+    rows = np.zeros((len(pairs), n_weights))
+    rows[np.arange(len(pairs)), pairs[:, 0]] = strength
+    rows[np.arange(len(pairs)), pairs[:, 1]] = -strength
+    return rows
+
+
+def _beam_weight_plan(context: PlanningContext, geometry: list[tuple[BeamGeometry, Aperture]], target_rows: NDArray[np.bool_],
+                      organ_rows: NDArray[np.bool_]) -> tuple[NDArray[np.float32], WeightResult, list[NDArray[np.float32]], list[Aperture]]:
+    """One weight per open field: every beam on the whole grid, NNLS on its voxels (3-D CRT)."""
+    s = context.settings
+    stack = np.stack([beam_dose_on_grid(context.model, context.density, beam, aperture, context.dose_grid, context.calc_mask, s.ray_step_mm)
+                      for beam, aperture in geometry])
+    result = optimise_weights(stack[:, target_rows].T.astype(float), stack[:, organ_rows].T.astype(float), s.organ_weight)
+    per_beam = [(w * d).astype(np.float32) for w, d in zip(result.weights, stack)]
+    weighted = [_with_fluence(a, float(w) * a.mask) for (_, a), w in zip(geometry, result.weights)]
+    return np.sum(per_beam, axis=0).astype(np.float32), result, per_beam, weighted
+
+
+def _with_fluence(aperture: Aperture, fluence: NDArray[Any]) -> Aperture:
+    return Aperture(aperture.x0_mm, aperture.z0_mm, aperture.pixel_mm, aperture.mask, np.asarray(fluence, dtype=np.float32))
+
+
+def _beamlet_plan(context: PlanningContext, geometry: list[tuple[BeamGeometry, Aperture]], target_rows: NDArray[np.bool_],
+                  organ_rows: NDArray[np.bool_]) -> tuple[NDArray[np.float32], WeightResult, list[NDArray[np.float32]], list[Aperture]]:
+    """A fluence map per beam: beamlet doses at the row voxels only, NNLS with a smoothness penalty,
+    then each beam's dose on the whole grid from its optimised fluence map (one pass per beam)."""
+    s = context.settings
+    points = np.vstack([_voxel_centres(target_rows, context.dose_grid), _voxel_centres(organ_rows, context.dose_grid)])
+    n_t = int(target_rows.sum())
+    matrices, labels, offsets = [], [], []
+    for beam, aperture in geometry:
+        matrix, lab = beamlet_doses_at(context.model, context.density, beam, aperture, points, s.beamlet_mm, s.ray_step_mm)
+        offsets.append(sum(m.shape[1] for m in matrices))
+        matrices.append(matrix)
+        labels.append(lab)
+    full = np.hstack(matrices).astype(float)
+    target, organs = full[:n_t], full[n_t:]
+    # a weight difference dw changes the dose by about dw x (one beam's mean target dose at weight 1)
+    typical = float(target.sum(axis=1).mean()) / len(geometry)
+    regulariser = _smoothing_rows(labels, offsets, full.shape[1], s.fluence_smoothing * typical)
+    raw, used = solve_weights(target, organs, s.organ_weight, regulariser=regulariser)
+    apertures, per_beam = [], []
+    for (beam, aperture), lab, off in zip(geometry, labels, offsets):
+        modulated = _with_fluence(aperture, np.where(lab >= 0, raw[off + np.maximum(lab, 0)], 0.0))
+        apertures.append(modulated)
+        per_beam.append(beam_dose_on_grid(context.model, context.density, beam, modulated, context.dose_grid, context.calc_mask, s.ray_step_mm))
+    dose = np.sum(per_beam, axis=0)
+    result = normalise(raw, dose[target_rows].astype(float), used)
+    # the fluence maps are stored at the plan's normalisation, so they reproduce the unit dose
+    apertures = [_with_fluence(a, a.fluence_map() * result.scale) for a in apertures]
+    return (dose * result.scale).astype(np.float32), result, [(d * result.scale).astype(np.float32) for d in per_beam], apertures
+
+
 def engine_plan(context: PlanningContext, name: str, target_name: str, target: NDArray[np.bool_]) -> UnitPlan:
-    """Conformal coplanar beams on ``target`` (CT grid), NNLS weights, normalised to its median."""
+    """Conformal coplanar beams on ``target`` (CT grid), NNLS beam or beamlet weights, normalised to its median."""
     start = time.perf_counter()
     s = context.settings
-    target_dose_grid = mask_on_grid(target, context.ct_grid, context.dose_grid) & context.calc_mask
-    if not target_dose_grid.any():
+    target_rows = mask_on_grid(target, context.ct_grid, context.dose_grid) & context.calc_mask
+    if not target_rows.any():
         raise ValueError(f"target {target_name} has no voxel inside the body on the dose grid")
     kji = np.argwhere(target)[:, ::-1].astype(float)
     isocentre = tuple(float(v) for v in context.ct_grid.index_to_physical(kji.mean(axis=0)[None])[0])
     points = _target_points(target, context.ct_grid)
     pad = 4.0 * context.model.data.tail_sigma_mm
-    beam_doses, beams = [], []
+    geometry = []
     for angle in s.angles():
         beam = BeamGeometry(angle, isocentre, context.model.data.source_axis_distance_mm)  # type: ignore[arg-type]
-        aperture = conformal_aperture(beam, points, s.aperture_margin_mm, s.fan_pixel_mm, pad)
-        beam_doses.append(beam_dose_on_grid(context.model, context.density, beam, aperture, context.dose_grid, context.calc_mask, s.ray_step_mm))
-        beams.append({"gantry_deg": angle, "isocentre_mm": [round(v, 2) for v in isocentre], "field_area_cm2": round(aperture.area_cm2, 2),
-                      "equivalent_square_cm": round(aperture.equivalent_square_cm, 2)})
-    stack = np.stack(beam_doses)  # (beams, k, j, i)
-    target_rows = stack[:, target_dose_grid].T.astype(float)
-    organ_idx = np.flatnonzero(context.organ_rows)
-    if organ_idx.size > MAX_ORGAN_ROWS:
-        organ_idx = np.sort(np.random.default_rng(0).choice(organ_idx, MAX_ORGAN_ROWS, replace=False))
-    organ_rows = stack.reshape(len(beams), -1)[:, organ_idx].T.astype(float)
-    result = optimise_weights(target_rows, organ_rows, s.organ_weight)
-    dose = np.tensordot(result.weights.astype(np.float32), stack, axes=1).astype(np.float32)
-    for beam, w in zip(beams, result.weights):
-        beam["relative_weight"] = round(float(w / result.weights.sum()), 4) if result.weights.sum() > 0 else 0.0
-    return UnitPlan(name, target_name, dose, "engine", beams, result, time.perf_counter() - start)
+        geometry.append((beam, conformal_aperture(beam, points, s.aperture_margin_mm, s.fan_pixel_mm, pad)))
+    organ_rows = _organ_row_mask(context)
+    if s.weights == "beam":
+        dose, result, per_beam, apertures = _beam_weight_plan(context, geometry, target_rows, organ_rows)
+    else:
+        dose, result, per_beam, apertures = _beamlet_plan(context, geometry, target_rows, organ_rows)
+    target_mean = float(dose[target_rows].mean())
+    beams = []
+    for (beam, open_field), aperture, beam_dose in zip(geometry, apertures, per_beam):
+        entry: dict[str, Any] = {"gantry_deg": beam.gantry_deg, "isocentre_mm": [round(v, 2) for v in isocentre], "sad_mm": beam.sad_mm,
+                                 "field_area_cm2": round(open_field.area_cm2, 2), "equivalent_square_cm": round(open_field.equivalent_square_cm, 2),
+                                 # the beam's share of the target's mean dose (weights of different kinds compare this way)
+                                 "relative_weight": round(float(beam_dose[target_rows].mean()) / target_mean, 4) if target_mean > 0 else 0.0}
+        if aperture.fluence is not None:
+            open_fluence = aperture.fluence[aperture.mask]
+            entry["fluence_max_over_mean"] = round(float(open_fluence.max() / open_fluence.mean()), 3) if open_fluence.mean() > 0 else None
+            entry["beamlets_off_percent"] = round(100.0 * float((open_fluence <= 1e-6 * max(open_fluence.max(), 1e-12)).mean()), 1)
+        beams.append(entry)
+    return UnitPlan(name, target_name, dose, "engine", beams, result, time.perf_counter() - start, apertures, [g for g, _ in geometry])
 
 
 def tps_base_plan(dose_image: sitk.Image, ptv: NDArray[np.bool_], ct_grid: ImageGrid, dose_grid: ImageGrid) -> UnitPlan:
