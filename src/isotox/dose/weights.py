@@ -27,6 +27,10 @@ FloatArray = NDArray[np.float64]
 
 COVERAGE_D95 = 0.95
 HOTSPOT_DMAX = 1.07
+#: the solver aims 1 % inside the window: beamlet matrices and the final fan dose differ by up to
+#: ~1-2 % at field edges (tests/test_photon_engine.py), so aiming at the limits themselves lets the
+#: delivered dose miss them by a fraction of a percent
+SOLVER_MARGIN = 0.01
 
 
 @dataclass
@@ -96,7 +100,7 @@ def solve_weights(target: FloatArray, organs: FloatArray | None = None, organ_we
         if hotspot < best_hotspot - 1e-9:
             best, best_hotspot, best_pass = weights, hotspot, used
         dose = dose / np.median(dose)
-        cold, hot = dose < COVERAGE_D95, dose > HOTSPOT_DMAX
+        cold, hot = dose < COVERAGE_D95 + SOLVER_MARGIN, dose > HOTSPOT_DMAX - SOLVER_MARGIN
         if not cold.any() and not hot.any():
             break
         row_weight = row_weight * np.where(cold | hot, 1.5, 1.0)
