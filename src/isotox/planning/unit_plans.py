@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 from numpy.typing import NDArray
-from scipy import ndimage
 
 from isotox.dose.beam_model import BeamModel
 from isotox.dose.beams import Aperture, BeamGeometry, conformal_aperture
@@ -26,7 +25,8 @@ from isotox.dose.density import relative_electron_density
 from isotox.dose.photon_engine import DensityVolume, beam_dose_on_grid, beamlet_doses_at
 from isotox.dose.weights import WeightResult, normalise, optimise_weights, solve_weights
 from isotox.geometry import ImageGrid
-from isotox.images import array
+from isotox.dicomio.volume import to_image
+from isotox.images import array, resample_to
 from isotox.planning.settings import PlanningSettings
 
 log = logging.getLogger(__name__)
@@ -91,10 +91,8 @@ def dose_grid_for(ct_grid: ImageGrid, body: NDArray[np.bool_], spacing_mm: float
 
 def mask_on_grid(mask: NDArray[np.bool_], mask_grid: ImageGrid, grid: ImageGrid) -> NDArray[np.bool_]:
     """Nearest-neighbour resampling of a mask onto another grid (for NNLS rows and calculation masks)."""
-    kji = np.indices(grid.shape).reshape(3, -1).T
-    ijk = mask_grid.physical_to_index(grid.index_to_physical(kji[:, ::-1].astype(float)))
-    values = ndimage.map_coordinates(mask.astype(np.uint8), ijk[:, ::-1].T, order=0, mode="constant", cval=0)
-    return values.reshape(grid.shape).astype(bool)
+    reference = to_image(grid, np.zeros(grid.shape, np.uint8))
+    return array(resample_to(to_image(mask_grid, mask.astype(np.uint8)), reference, interpolator=sitk.sitkNearestNeighbor)) > 0
 
 
 def density_volume(ct: sitk.Image, body: NDArray[np.bool_], curve: list[list[float]]) -> DensityVolume:
@@ -252,10 +250,8 @@ def engine_plan(context: PlanningContext, name: str, target_name: str, target: N
 def tps_base_plan(dose_image: sitk.Image, ptv: NDArray[np.bool_], ct_grid: ImageGrid, dose_grid: ImageGrid) -> UnitPlan:
     """The clinic's RTDOSE resampled (trilinear) onto the dose grid and divided by its PTV median."""
     start = time.perf_counter()
-    source_grid = ImageGrid.from_sitk(dose_image)
-    kji = np.indices(dose_grid.shape).reshape(3, -1).T
-    ijk = source_grid.physical_to_index(dose_grid.index_to_physical(kji[:, ::-1].astype(float)))
-    dose = ndimage.map_coordinates(array(dose_image).astype(np.float32), ijk[:, ::-1].T, order=1, mode="constant", cval=0.0).reshape(dose_grid.shape)
+    reference = to_image(dose_grid, np.zeros(dose_grid.shape, np.float32))
+    dose = array(resample_to(sitk.Cast(dose_image, sitk.sitkFloat32), reference))
     in_ptv = mask_on_grid(ptv, ct_grid, dose_grid)
     median = float(np.median(dose[in_ptv])) if in_ptv.any() else 0.0
     if median <= 0:
