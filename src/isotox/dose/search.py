@@ -66,13 +66,21 @@ def constraint_dvh(dvh: Dvh, constraint: dict[str, Any], fractions: int) -> Dvh:
     return dvh
 
 
-def constraint_value(samples: dict[str, StructureSamples], constraint: dict[str, Any], cand: Candidate) -> float:
-    """The constraint's metric for a candidate (physical or EQD2, total or per fraction)."""
+def _candidate_dvh(samples: StructureSamples, cand: Candidate) -> Dvh:
+    """Physical total-dose DVH of one structure for a candidate (base plan, plus boost when sampled)."""
+    weights = (cand.total_gy, cand.boost_increment_gy) if len(samples.doses) > 1 else (cand.total_gy,)
+    return samples.dvh(weights)
+
+
+def constraint_value(samples: dict[str, StructureSamples], constraint: dict[str, Any], cand: Candidate,
+                     physical: Dvh | None = None) -> float:
+    """The constraint's metric for a candidate (physical or EQD2, total or per fraction).
+    ``physical``: the structure's DVH for this candidate when the caller already has it."""
     name = constraint["structure"]
     if name not in samples:
         return float("nan")
-    weights = (cand.total_gy, cand.boost_increment_gy) if len(samples[name].doses) > 1 else (cand.total_gy,)
-    return constraint_dvh(samples[name].dvh(weights), constraint, cand.fractions).metric(constraint["metric"])
+    dvh = physical if physical is not None else _candidate_dvh(samples[name], cand)
+    return constraint_dvh(dvh, constraint, cand.fractions).metric(constraint["metric"])
 
 
 @dataclass
@@ -88,8 +96,12 @@ class Evaluation:
 
 def evaluate(samples: dict[str, StructureSamples], constraints: list[dict[str, Any]], cand: Candidate) -> Evaluation:
     values, violated = {}, []
+    physical: dict[str, Dvh] = {}  # one DVH per structure and candidate: lungs carry MLD, V20 and V5
     for c in constraints:
-        v = constraint_value(samples, c, cand)
+        name = c["structure"]
+        if name in samples and name not in physical:
+            physical[name] = _candidate_dvh(samples[name], cand)
+        v = constraint_value(samples, c, cand, physical.get(name))
         values[c["id"]] = v
         if np.isfinite(v) and v > c["limit"] + 1e-9:
             violated.append(c["id"])
