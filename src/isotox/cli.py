@@ -43,16 +43,41 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 def _cmd_ingest(args: argparse.Namespace) -> int:
     from isotox.ingest import ingest_patient
 
-    meta = ingest_patient(args.dicom_dir, args.patient_dir, patient_id=args.patient_id, roi_names=args.roi_names,
-                          series_roles=args.series_roles, irregular=args.irregular)
+    meta = ingest_patient(args.dicom_dir, args.patient_dir, patient_id=args.patient_id, roi_names=_roi_names(args.roi_names),
+                          series_roles=args.series_roles, irregular=args.irregular, accept_effective_dose=args.accept_effective_dose)
     print(json.dumps({"patient_id": meta["patient_id"], "roles": meta["roles"], "problems": meta["problems"], "warnings": meta["warnings"]}, indent=2))
     return 0
 
 
-def _config_section(path: str, section: str) -> dict:
+def _load_config(path: str | None) -> dict:
+    """The config given with --config, else the defaults that ship with isotox (any folder works)."""
+    from isotox.resources import CONFIG, default_file
     from isotox.settings import load_validated_yaml
 
-    return dict(load_validated_yaml(path, "config").get(section) or {})
+    if path == "":
+        return {}
+    return load_validated_yaml(path if path is not None else default_file(CONFIG), "config")
+
+
+def _protocol_path(given: str | None, config: dict, config_given: bool) -> str:
+    """--protocol (a path or a shipped name), else the config's; the shipped PET-boost protocol by default."""
+    from isotox.resources import resolve_protocol
+
+    if given:
+        return str(resolve_protocol(given))
+    if config_given and config.get("protocol"):
+        return str(resolve_protocol(config["protocol"]))
+    return str(resolve_protocol("pet_boost"))
+
+
+def _roi_names(path: str | None) -> str:
+    from isotox.resources import ROI_NAMES, default_file
+
+    return path if path is not None else str(default_file(ROI_NAMES))
+
+
+def _config_section(path: str | None, section: str) -> dict:
+    return dict(_load_config(path).get(section) or {})
 
 
 def _cmd_register(args: argparse.Namespace) -> int:
@@ -78,10 +103,10 @@ def parse_point(text: str | None) -> tuple[float, float, float] | None:
 
 def _cmd_segment(args: argparse.Namespace) -> int:
     from isotox.segmentation.stage import SegmentationSettings, segment_patient
-    from isotox.settings import load_protocol, load_validated_yaml
+    from isotox.settings import load_protocol
 
-    config = load_validated_yaml(args.config, "config")
-    protocol = load_protocol(args.protocol or config["protocol"])
+    config = _load_config(args.config)
+    protocol = load_protocol(_protocol_path(args.protocol, config, args.config is not None))
     settings = SegmentationSettings.from_config(config.get("segmentation"), protocol, args.histology)
     summary = segment_patient(args.patient_dir, settings, patient_id=args.patient_id, seed_point_mm=parse_point(args.seed_point))
     print(json.dumps({"patient_id": summary["patient_id"], "figures": summary["figures"], "flags": summary["flags"]}, indent=2, default=float))
@@ -101,7 +126,7 @@ def _cmd_outcomes(args: argparse.Namespace) -> int:
     from isotox.outcomes.tabulate import tabulate_outcomes
     from isotox.settings import load_protocol
 
-    summary = tabulate_outcomes(args.clinical, args.out, load_protocol(args.protocol), qol=args.qol, patients=args.patients)
+    summary = tabulate_outcomes(args.clinical, args.out, load_protocol(_protocol_path(args.protocol, {}, False)), qol=args.qol, patients=args.patients)
     print(json.dumps(summary, indent=2, default=float))
     return 0
 
@@ -123,15 +148,12 @@ def _cmd_simon(args: argparse.Namespace) -> int:
 def _cmd_plan(args: argparse.Namespace) -> int:
     from isotox.planning.settings import PlanningSettings
     from isotox.planning.stage import plan_patient
-    from isotox.settings import load_validated_yaml
 
-    config = load_validated_yaml(args.config, "config") if args.config else {}
+    config = _load_config(args.config)
     settings = PlanningSettings.from_config(config.get("planning"))
     if args.dose_source:
         settings.dose_source = args.dose_source
-    protocol = args.protocol or config.get("protocol")
-    if not protocol:
-        raise ValueError("no protocol: give --protocol FILE (or a --config with a 'protocol' entry)")
+    protocol = _protocol_path(args.protocol, config, bool(args.config))
     doc = plan_patient(args.patient_dir, protocol, arm=args.arm, settings=settings, patient_id=args.patient_id)
     keys = ("patient_id", "protocol", "dose_source", "feasible", "prescribed_dose_gy", "fractions", "boost_feasible", "boost_total_gy",
             "limiting_constraints", "coverage", "dose_metrics", "radiobiology", "flags", "seconds")
@@ -142,7 +164,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 def _cmd_dvh(args: argparse.Namespace) -> int:
     from isotox.dose.rt_dvh import rt_dvh_table
 
-    table, notes = rt_dvh_table(args.rtstruct, args.rtdose, args.roi_names, args.roi)
+    table, notes = rt_dvh_table(args.rtstruct, args.rtdose, _roi_names(args.roi_names), args.roi)
     for note in notes:
         print(f"# {note}", file=sys.stderr)
     print(table.to_csv(sep="\t", index=False, float_format="%.4f"), end="")
@@ -166,15 +188,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dicom_dir", help="folder with all DICOM files of the patient (any nesting and names)")
     p.add_argument("patient_dir", help="the patient's results folder (results/patients/PID); ingest/ is written inside")
     p.add_argument("--patient-id", help="patient id for messages (default: the name of PATIENT_DIR)")
-    p.add_argument("--roi-names", default="config/roi_names.yaml", help="ROI name synonyms (default config/roi_names.yaml)")
+    p.add_argument("--roi-names", help="ROI name synonyms YAML (default: the map that ships with isotox)")
     p.add_argument("--series-roles", help="override roles: 'planning_ct=UID;fdg_pet=UID'")
     p.add_argument("--irregular", choices=["resample", "refuse"], default="resample",
                    help="missing slices, uneven spacing or gantry tilt: resample onto a regular grid (default) or refuse")
+    p.add_argument("--accept-effective-dose", action="store_true", help="take a TPS RTDOSE of DoseType EFFECTIVE as the plan dose (refused by default)")
     p.set_defaults(func=_cmd_ingest)
 
     p = sub.add_parser("register", help="stage 2: PET/CT and DCE-CT onto the planning CT; writes PATIENT_DIR/register/")
     p.add_argument("patient_dir", help="the patient's results folder, with ingest/ inside")
-    p.add_argument("--config", default="config/config.yaml", help="config whose 'registration' section is used (default config/config.yaml)")
+    p.add_argument("--config", help="config whose 'registration' section is used (default: the shipped defaults)")
     p.add_argument("--patient-id", help="patient id for messages (default: the name of PATIENT_DIR)")
     p.add_argument("--threads", type=int, default=1, help="threads for SimpleITK")
     p.set_defaults(func=_cmd_register)
@@ -182,15 +205,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("segment", help="stage 3: GTV_PET, boost and hypoxic volumes, CTV/PTV, organs at risk; writes PATIENT_DIR/segment/")
     p.add_argument("patient_dir", help="the patient's results folder, with ingest/ and register/ inside")
     p.add_argument("--histology", required=True, help="histology (selects the CTV margin of the protocol), e.g. adenocarcinoma")
-    p.add_argument("--config", default="config/config.yaml", help="config whose 'segmentation' section is used")
-    p.add_argument("--protocol", help="protocol YAML (default: the config's)")
+    p.add_argument("--config", help="config whose 'segmentation' section is used (default: the shipped defaults)")
+    p.add_argument("--protocol", help="protocol YAML, or the name of a shipped protocol (pet_boost, isotoxic_hypofractionated, ...); default: the config's")
     p.add_argument("--seed-point", help="x,y,z (planning-CT mm): search region when the RTSTRUCT has no GTV")
     p.add_argument("--patient-id", help="patient id for messages (default: the name of PATIENT_DIR)")
     p.set_defaults(func=_cmd_segment)
 
     p = sub.add_parser("perfusion", help="stage 4: DCE-CT AIF and tracer-kinetic maps; writes PATIENT_DIR/perfusion/")
     p.add_argument("patient_dir", help="the patient's results folder, with ingest/, register/ and segment/ inside")
-    p.add_argument("--config", default="config/config.yaml", help="config whose 'perfusion' section is used")
+    p.add_argument("--config", help="config whose 'perfusion' section is used (default: the shipped defaults)")
     p.add_argument("--patient-id", help="patient id for messages (default: the name of PATIENT_DIR)")
     p.set_defaults(func=_cmd_perfusion)
 
@@ -198,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("clinical", help="clinical TSV (one row per patient; see config/schemas/clinical.schema.yaml)")
     p.add_argument("--out", required=True, help="output folder (written atomically)")
     p.add_argument("--qol", help="QoL TSV, long format: patient_id, timepoint, q1..q43")
-    p.add_argument("--protocol", default="config/protocols/pet_boost.yaml", help="protocol YAML (endpoint definitions, Simon design)")
+    p.add_argument("--protocol", help="protocol YAML or shipped protocol name (endpoint definitions, Simon design; default pet_boost)")
     p.add_argument("--patients", help="per-patient imaging/dose table (TSV with patient_id), joined for toxicity and feasibility")
     p.set_defaults(func=_cmd_outcomes)
 
@@ -218,14 +241,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("rtstruct")
     p.add_argument("rtdose")
     p.add_argument("--roi", action="append", help="only this ROI (clinic or canonical name; repeatable)")
-    p.add_argument("--roi-names", default="config/roi_names.yaml", help="ROI name synonyms")
+    p.add_argument("--roi-names", help="ROI name synonyms YAML (default: the map that ships with isotox)")
     p.set_defaults(func=_cmd_dvh)
 
     p = sub.add_parser("plan", help="stage 5: unit plans, the protocol's isotoxic search, NTCP, DICOM export; writes PATIENT_DIR/plan/")
     p.add_argument("patient_dir", help="the patient's results folder, with ingest/ and segment/ inside")
-    p.add_argument("--protocol", help="protocol YAML (default: the config's)")
+    p.add_argument("--protocol", help="protocol YAML, or the name of a shipped protocol (pet_boost, isotoxic_hypofractionated, ...); default: the config's")
     p.add_argument("--arm", choices=["A", "B"], help="allocated PET-boost arm (A: whole GTV, B: 50 %% SUVmax volume)")
-    p.add_argument("--config", default="config/config.yaml", help="config whose 'planning' section is used ('' for the defaults)")
+    p.add_argument("--config", help="config whose 'planning' section is used (default: the shipped defaults; '' for built-in planning defaults)")
     p.add_argument("--dose-source", choices=["auto", "engine", "tps"], help="override planning.dose_source")
     p.add_argument("--patient-id", help="patient id for messages (default: the name of PATIENT_DIR)")
     p.set_defaults(func=_cmd_plan)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,9 @@ from isotox.atomic import atomic_path
 from isotox.dicomio.dicom_time import combine, seconds_between
 from isotox.dicomio.discovery import PatientIndex, Series, index_folder, load_pixels
 from isotox.dicomio.roles import assign_roles, parse_overrides
+from isotox.dicomio.reading import NO_FILE_META, read_dataset
 from isotox.dicomio.rtdose import read_rtdose
+from isotox.dicomio.tps_dose import check_plan_has_no_boost, check_tps_dose, covered_fraction
 from isotox.dicomio.rtstruct_reader import read_structure_set
 from isotox.dicomio.suv import rescaled, suv_conversion
 from isotox.dicomio.volume import IrregularPolicy, SliceGeometry, slice_geometry, stack, to_image
@@ -108,7 +111,8 @@ def _series_table(index: PatientIndex, roles: dict[str, str], reasons: dict[str,
         ds = s.first
         rows.append({
             "series_uid": uid, "modality": s.modality, "role": role_of.get(uid, ""), "reason": reasons.get(uid, ""),
-            "description": s.description, "n_files": len(s.files), "frames_per_position": round(s.repeated_positions(), 2),
+            "description": s.description, "n_files": s.n_files, "n_images": len(s.headers), "frames_per_position": round(s.repeated_positions(), 2),
+            "files_without_meta": s.no_file_meta, "multiframe": s.multiframe,
             "series_date": str(ds.get("SeriesDate", "")), "series_time": str(ds.get("SeriesTime", "")),
             "frame_of_reference": s.frame_of_reference, "tracer": tracers.get(uid, ""),
             "uptake_min": round(uptake[uid], 1) if uid in uptake else "",
@@ -118,8 +122,11 @@ def _series_table(index: PatientIndex, roles: dict[str, str], reasons: dict[str,
 
 
 def ingest_patient(dicom_dir: str | Path, patient_dir: str | Path, *, patient_id: str | None = None,
-                   roi_names: str | Path, series_roles: str | None = None, irregular: IrregularPolicy = "resample") -> dict[str, Any]:
-    """Run stage 1 for one patient; returns the metadata written to ``ingest/metadata.json``."""
+                   roi_names: str | Path, series_roles: str | None = None, irregular: IrregularPolicy = "resample",
+                   accept_effective_dose: bool = False) -> dict[str, Any]:
+    """Run stage 1 for one patient; returns the metadata written to ``ingest/metadata.json``.
+
+    ``accept_effective_dose``: take a TPS RTDOSE of DoseType EFFECTIVE as the plan dose (refused by default)."""
     patient_dir = Path(patient_dir)
     patient = patient_id or patient_dir.name
     names = RoiNameMap.from_yaml(roi_names)
@@ -129,8 +136,10 @@ def ingest_patient(dicom_dir: str | Path, patient_dir: str | Path, *, patient_id
     roles = assignment.roles
     log.info("%s: %d series, roles: %s", patient, len(index.series), ", ".join(sorted(roles)))
     if "planning_ct" not in roles:
-        raise InputDataError(patient, dicom_dir, "no planning CT found (no CT series outside PET/CT and DCE)",
-                             "add the planning CT to the folder or name it with series_roles=planning_ct=UID in the cohort sheet")
+        found = ", ".join(f"{n} {m}" for m, n in sorted(Counter(s.modality for s in index.series.values()).items()))
+        raise InputDataError(patient, dicom_dir, f"no planning CT found among the series ({found}; none is a CT outside PET/CT and DCE)",
+                             "add the planning CT to the folder or name it with series_roles=planning_ct=UID in the cohort sheet "
+                             "(for a folder of PET alone, SUV quality assurance is `isotox suv`)")
     meta: dict[str, Any] = {
         "patient_id": patient, "dicom_patient_id": index.patient_id, "source": str(dicom_dir), "irregular_policy": irregular,
         "roles": roles, "images": {}, "pet": {}, "structures": {}, "problems": {}, "warnings": [],
@@ -138,6 +147,11 @@ def ingest_patient(dicom_dir: str | Path, patient_dir: str | Path, *, patient_id
     }
     if index.skipped:
         meta["warnings"].append(f"{len(index.skipped)} file(s) skipped (see skipped_files)")
+    meta["dicom_encoding"] = {role: {"series_uid": uid, "files_without_file_meta": index.series[uid].no_file_meta,
+                                     "multiframe": index.series[uid].multiframe} for role, uid in sorted(roles.items())}
+    for role, uid in sorted(roles.items()):
+        if index.series[uid].no_file_meta:
+            meta["warnings"].append(f"{role}: {index.series[uid].no_file_meta} file(s) with {NO_FILE_META}")
     with atomic_path(patient_dir / STAGE) as out:
         out.mkdir(parents=True)
         _series_table(index, roles, assignment.reasons, assignment.tracers, assignment.uptake_min).to_csv(out / "series.tsv", sep="\t", index=False)
@@ -154,7 +168,8 @@ def ingest_patient(dicom_dir: str | Path, patient_dir: str | Path, *, patient_id
             _optional(meta, f"{prefix}_pet", lambda p=prefix: _write_pet(index, roles, p, out, patient, irregular, meta))
         _optional(meta, "dce_ct", lambda: _write_dce(index, roles, out, patient, irregular, meta))
         _optional(meta, "rtstruct", lambda: _write_masks(index, roles, out, planning_grid, planning_series.frame_of_reference, names, meta))
-        _optional(meta, "rtdose", lambda: _write_dose(index, roles, out, patient, meta))
+        _optional(meta, "rtdose", lambda: _write_dose(index, roles, out, patient, meta, planning_series.frame_of_reference,
+                                                       planning_grid, accept_effective_dose))
         (out / "metadata.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
     for role, problem in meta["problems"].items():
         log.warning("%s: %s not ingested: %s", patient, role, problem)
@@ -222,14 +237,26 @@ def _write_masks(index: PatientIndex, roles: dict[str, str], out: Path, grid: Im
     meta["warnings"].extend(structure_set.warnings)
 
 
-def _write_dose(index: PatientIndex, roles: dict[str, str], out: Path, patient: str, meta: dict[str, Any]) -> None:
+def _write_dose(index: PatientIndex, roles: dict[str, str], out: Path, patient: str, meta: dict[str, Any], planning_frame: str,
+                planning_grid: ImageGrid, accept_effective: bool) -> None:
+    """The TPS dose, if it is a physical plan dose on the planning CT (else a recorded refusal), and
+    how much of each structure its grid covers (planning refuses a constrained organ it does not cover)."""
     if "rtdose" not in roles:
         meta["problems"]["rtdose"] = "no RTDOSE: the built-in engine will compute dose"
         return
-    import pydicom
-
     series = index.series[roles["rtdose"]]
-    dose = read_rtdose(pydicom.dcmread(series.files[0]), patient, series.files[0])
+    dose = read_rtdose(read_dataset(series.files[0]), patient, series.files[0])
+    notes = check_tps_dose(dose, patient, series.files[0], planning_frame=planning_frame, accept_effective=accept_effective)
+    if "rtplan" in roles:
+        check_plan_has_no_boost(index.series[roles["rtplan"]].first, patient, index.series[roles["rtplan"]].files[0])
+    coverage = {}
+    for stem in meta["structures"]:
+        mask = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "masks" / f"{stem}.nii.gz"))).astype(bool)
+        coverage[stem] = round(covered_fraction(mask, planning_grid, dose.grid), 4)
     sitk.WriteImage(to_image(dose.grid, dose.dose_gy.astype(np.float32)), str(out / "rtdose.nii.gz"), useCompression=True)
     meta["rtdose"] = {"summation_type": dose.summation_type, "dose_type": dose.dose_type, "max_gy": float(dose.dose_gy.max()),
-                      "referenced_plan": dose.referenced_plan, "grid": {"size": list(dose.grid.size), "spacing_mm": list(dose.grid.spacing)}}
+                      "referenced_plan": dose.referenced_plan, "file": str(series.files[0]), "notes": notes, "coverage": coverage,
+                      "grid": {"size": list(dose.grid.size), "spacing_mm": list(dose.grid.spacing)}}
+    partial = {k: v for k, v in coverage.items() if v < 1.0}
+    if partial:
+        meta["warnings"].append("the RTDOSE grid does not cover " + ", ".join(f"{k} ({100 * (1 - v):.1f} % outside)" for k, v in sorted(partial.items())))

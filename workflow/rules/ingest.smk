@@ -12,6 +12,7 @@ rule ingest:
         roi_names=config["roi_names"],
         series_roles=series_roles,
         irregular=config.get("ingest", {}).get("irregular", "resample"),
+        accept_effective_dose=config.get("ingest", {}).get("accept_effective_dose", False),
     log:
         f"{RESULTS}/logs/ingest/{{pid}}.log",
     benchmark:

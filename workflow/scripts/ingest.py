@@ -13,4 +13,5 @@ ingest_patient(
     roi_names=snakemake.params.roi_names,  # noqa: F821
     series_roles=snakemake.params.series_roles,  # noqa: F821
     irregular=snakemake.params.irregular,  # noqa: F821
+    accept_effective_dose=snakemake.params.accept_effective_dose,  # noqa: F821
 )

@@ -3,6 +3,12 @@
 Headers only are read here (``stop_before_pixels``), so indexing a patient of thousands of files
 is fast. Files that are not DICOM, or are unreadable, are listed with the reason and skipped; a
 folder holding two patients is an error (mixing patients is never a guess worth making).
+
+* Directory links are followed (a patient assembled from an archive as links to series folders),
+  each real folder once, so a link back up the tree cannot loop.
+* Files without preamble/file meta are read as raw datasets (:mod:`isotox.dicomio.reading`) and
+  counted per series, so the metadata says which files had no meta header.
+* An enhanced (multi-frame) image becomes one header per frame (:mod:`isotox.dicomio.multiframe`).
 """
 
 from __future__ import annotations
@@ -11,11 +17,13 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-import pydicom
-from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
+import os
 
+import numpy as np
+from pydicom.dataset import Dataset
+
+from isotox.dicomio.multiframe import frame_datasets, frame_headers, is_multiframe_image
+from isotox.dicomio.reading import NO_FILE_META, NotDicomError, read_dicom
 from isotox.errors import InputDataError
 
 #: Header fields kept per file (everything classification and grouping need).
@@ -28,9 +36,23 @@ class Series:
 
     uid: str
     modality: str
-    files: list[Path]
+    files: list[Path]  # one entry per header: a multi-frame file appears once per frame
     headers: list[Dataset]
     warnings: list[str] = field(default_factory=list)
+    frames: list[int | None] = field(default_factory=list)  # frame index in a multi-frame file, None for a single-frame file
+    no_file_meta: int = 0  # files of the series read without preamble/file meta header
+
+    def __post_init__(self) -> None:
+        if not self.frames:
+            self.frames = [None] * len(self.files)
+
+    @property
+    def multiframe(self) -> bool:
+        return any(f is not None for f in self.frames)
+
+    @property
+    def n_files(self) -> int:
+        return len(set(self.files))
 
     @property
     def first(self) -> Dataset:
@@ -59,63 +81,98 @@ class PatientIndex:
     skipped: list[tuple[str, str]]
 
 
+def _walk_files(folder: Path) -> list[Path]:
+    """Every file below ``folder``, following directory links, each real directory visited once."""
+    seen: set[tuple[int, int]] = set()
+    files: list[Path] = []
+    for root, dirs, names in os.walk(folder, followlinks=True):
+        st = os.stat(root)
+        if (st.st_dev, st.st_ino) in seen:  # a link back into the tree: do not descend again
+            dirs[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        dirs.sort()
+        files.extend(Path(root) / n for n in names if os.path.isfile(os.path.join(root, n)))
+    return sorted(files)
+
+
 def index_folder(folder: str | Path, patient: str) -> PatientIndex:
     """Read every file's header under ``folder``; group by SeriesInstanceUID."""
     folder = Path(folder)
     if not folder.is_dir():
         raise InputDataError(patient, folder, "DICOM folder not found", "check dicom_dir in the cohort sheet")
     skipped: list[tuple[str, str]] = []
-    grouped: dict[str, list[tuple[Path, Dataset]]] = defaultdict(list)
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+    grouped: dict[str, list[tuple[Path, Dataset, int | None, bool]]] = defaultdict(list)
+    files = _walk_files(folder)
+    for path in files:
         if path.suffix.lower() in _SKIPPED_SUFFIXES or path.name.startswith("."):
             skipped.append((str(path), "not DICOM (file type)"))
             continue
         try:
-            header = pydicom.dcmread(path, stop_before_pixels=True)
-        except InvalidDicomError:
-            skipped.append((str(path), "not DICOM (no DICM preamble)"))
+            read = read_dicom(path, stop_before_pixels=True)
+        except NotDicomError as exc:
+            skipped.append((str(path), str(exc)))
             continue
         except Exception as exc:  # truncated or corrupt files raise many different errors
             skipped.append((str(path), f"unreadable DICOM: {type(exc).__name__}: {exc}"))
             continue
+        header = read.dataset
         uid = header.get("SeriesInstanceUID")
         if not uid or "SOPClassUID" not in header:
             skipped.append((str(path), "DICOM without SeriesInstanceUID or SOPClassUID"))
             continue
-        grouped[str(uid)].append((path, header))
+        if is_multiframe_image(header):
+            for k, frame in enumerate(frame_headers(header)):
+                grouped[str(uid)].append((path, frame, k, read.no_file_meta))
+        else:
+            grouped[str(uid)].append((path, header, None, read.no_file_meta))
     if not grouped:
-        raise InputDataError(patient, folder, "no DICOM series found", "point dicom_dir at the folder holding the patient's DICOM files")
-    ids = Counter(str(h.get("PatientID", "")) for items in grouped.values() for _, h in items)
+        reasons = Counter(r.split(" (")[0].split(":")[0] for _, r in skipped)
+        found = f"{len(files)} file(s) found" + (f" ({', '.join(f'{n} {r}' for r, n in reasons.most_common())})" if reasons else "")
+        raise InputDataError(patient, folder, f"the folder holds no readable DICOM: {found}",
+                             "point dicom_dir at the folder holding the patient's DICOM files (links to series folders are followed)")
+    ids = Counter(str(h.get("PatientID", "")) for items in grouped.values() for _, h, _, _ in items)
     if len(ids) > 1:
         listing = ", ".join(f"{pid or '(empty)'} ({n} files)" for pid, n in ids.most_common())
         raise InputDataError(patient, folder, f"the folder holds more than one patient: {listing}", "give each patient a folder of their own")
     series = {}
     for uid, items in grouped.items():
-        modalities = Counter(str(h.get("Modality", "")) for _, h in items)
-        s = Series(uid, modalities.most_common(1)[0][0], [p for p, _ in items], [h for _, h in items])
+        modalities = Counter(str(h.get("Modality", "")) for _, h, _, _ in items)
+        keep: dict[tuple[str, int | None], tuple[Path, Dataset, int | None, bool]] = {}
+        for item in items:  # the same instance reached twice (a copy, or two links to one folder): one kept
+            keep.setdefault((str(item[1].SOPInstanceUID), item[2]), item)
+        unique = list(keep.values())
+        s = Series(uid, modalities.most_common(1)[0][0], [p for p, *_ in unique], [h for _, h, _, _ in unique],
+                   frames=[k for _, _, k, _ in unique], no_file_meta=len({p for p, _, _, raw in unique if raw}))
         if len(modalities) > 1:
             s.warnings.append(f"mixed modalities in one series: {dict(modalities)}")
-        sops = Counter(str(h.SOPInstanceUID) for h in s.headers)
-        duplicated = [sop for sop, n in sops.items() if n > 1]
+        duplicated = len(items) - len(unique)
         if duplicated:
-            keep = {}
-            for path, header in zip(s.files, s.headers):
-                keep.setdefault(str(header.SOPInstanceUID), (path, header))
-            s.files, s.headers = [p for p, _ in keep.values()], [h for _, h in keep.values()]
-            s.warnings.append(f"{len(duplicated)} SOP instance(s) present more than once: one copy kept")
+            s.warnings.append(f"{duplicated} SOP instance(s) present more than once: one copy kept")
+        if s.no_file_meta:
+            s.warnings.append(f"{s.no_file_meta} file(s) with {NO_FILE_META}")
+        if s.multiframe:
+            s.warnings.append(f"enhanced multi-frame image: {len(s.headers)} frames in {s.n_files} file(s)")
         series[uid] = s
     return PatientIndex(next(iter(ids)), series, skipped)
 
 
 def load_pixels(series: Series, patient: str) -> list[Dataset]:
-    """Read the full datasets (with pixel data) of a series; a truncated file is an error naming it."""
-    full = []
-    for path in series.files:
+    """Read the full datasets (with pixel data) of a series, one per header (a multi-frame file's
+    frames as single-frame datasets); a truncated file is an error naming it."""
+    full: list[Dataset] = []
+    frames_of: dict[Path, list[Dataset]] = {}
+    for path, frame in zip(series.files, series.frames):
         try:
-            ds = pydicom.dcmread(path)
-            _ = ds.pixel_array
+            if frame is None:
+                ds = read_dicom(path).dataset
+                _ = ds.pixel_array
+                full.append(ds)
+                continue
+            if path not in frames_of:
+                frames_of[path] = frame_datasets(read_dicom(path).dataset)
+            full.append(frames_of[path][frame])
         except Exception as exc:
             raise InputDataError(patient, path, f"pixel data cannot be read ({type(exc).__name__}: {exc})",
                                  "the file is truncated or corrupt: export it again") from exc
-        full.append(ds)
     return full

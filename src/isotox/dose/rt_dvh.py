@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pydicom
 
+from isotox.dicomio.reading import NotDicomError, read_dataset
 from isotox.dicomio.rtdose import read_rtdose
 from isotox.dicomio.rtstruct_reader import read_structure_set
 from isotox.dose.dvh import Dvh, dvh_from_mask, dvh_table
@@ -38,10 +39,20 @@ def contour_grid(rs: pydicom.Dataset, dose_grid: ImageGrid, inplane_factor: int 
     return ImageGrid(size, (sx, sy, dz), (float(lo[0]), float(lo[1]), float(planes[0])))
 
 
+def _read(path: str | Path, what: str) -> pydicom.Dataset:
+    """Clinical exports often lack the preamble/file meta: read those too; name the file otherwise."""
+    try:
+        return read_dataset(path)
+    except NotDicomError as exc:
+        raise InputDataError("dvh", path, f"{exc}", f"give the {what} file") from exc
+    except (OSError, ValueError, EOFError) as exc:
+        raise InputDataError("dvh", path, f"cannot be read ({type(exc).__name__}: {exc})", "export the file again") from exc
+
+
 def rt_dvhs(rtstruct: str | Path, rtdose: str | Path, roi_names: str | Path, only: list[str] | None = None) -> tuple[list[Dvh], list[str]]:
     """DVHs of the RTSTRUCT's ROIs (or those named in ``only``, clinic or canonical names) in the RTDOSE."""
-    rs = pydicom.dcmread(str(rtstruct))
-    dose = read_rtdose(pydicom.dcmread(str(rtdose)), "dvh", rtdose)
+    rs = _read(rtstruct, "RTSTRUCT")
+    dose = read_rtdose(_read(rtdose, "RTDOSE"), "dvh", rtdose)
     if dose.summation_type not in ("PLAN", "FRACTION", "MULTI_PLAN", "BEAM", "BRACHY", "CONTROL_POINT", "RECORD"):
         raise InputDataError("dvh", rtdose, f"unknown DoseSummationType {dose.summation_type}")
     frames = {str(f.FrameOfReferenceUID) for f in rs.get("ReferencedFrameOfReferenceSequence", [])}

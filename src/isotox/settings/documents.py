@@ -1,4 +1,4 @@
-"""Validate YAML documents against the JSON schemas in ``config/schemas``.
+"""Validate YAML documents against the JSON schemas (``config/schemas``, shipped with the package).
 
 Why our own wrapper and not ``snakemake.utils.validate``: the user needs the *file* and the
 *key path* of a mistake ("config/config.yaml, key 'sample.preset': 'smal' is not one of ...").
@@ -8,7 +8,6 @@ The library must also validate protocols passed to the CLI, where Snakemake is n
 from __future__ import annotations
 
 from functools import cache
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -17,19 +16,11 @@ import yaml
 
 from isotox.errors import ConfigError
 
-#: Schemas live in the repository's config/schemas (editable install, workflow checkout) and are
-#: copied into the wheel as isotox/_schemas (see pyproject.toml).
-_REPO_SCHEMAS = Path(__file__).resolve().parents[3] / "config" / "schemas"
-
-
 def schema_dir() -> Path:
-    """Folder holding ``*.schema.yaml``: the checkout's if present, else the installed copy."""
-    if _REPO_SCHEMAS.is_dir():
-        return _REPO_SCHEMAS
-    installed = Path(str(resources.files("isotox") / "_schemas"))
-    if installed.is_dir():
-        return installed
-    raise FileNotFoundError("isotox schemas not found (neither config/schemas nor isotox/_schemas)")
+    """Folder holding ``*.schema.yaml`` (shipped as package data; see :mod:`isotox.resources`)."""
+    from isotox.resources import SCHEMAS, default_file
+
+    return default_file(SCHEMAS)
 
 
 @cache
