@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 from typing import Any, Literal
 
 import yaml
@@ -11,16 +10,16 @@ import yaml
 from isotox.dose.beam_model import BeamData, BeamModel, commission
 from isotox.dose.beams import equally_spaced_gantry_angles
 from isotox.dose.density import DEFAULT_HU_TO_RED, validate_curve
+from isotox.resources import BEAM_DATA, default_file
 
 DoseSource = Literal["auto", "engine", "tps"]
 WeightMode = Literal["beam", "beamlet"]
-DEFAULT_BEAM_FILE = Path(__file__).resolve().parents[3] / "config" / "beams" / "generic_6mv.yaml"
 
 
 @dataclass
 class PlanningSettings:
     dose_source: DoseSource = "auto"  # auto: the ingested TPS RTDOSE when there is one, else the engine
-    beam_data: str = str(DEFAULT_BEAM_FILE)
+    beam_data: str = field(default_factory=lambda: str(default_file(BEAM_DATA)))  # shipped generic 6 MV data
     beams: int = 7  # equally spaced coplanar beams from gantry 0 (when gantry_angles_deg is empty)
     gantry_angles_deg: list[float] = field(default_factory=list)
     dose_grid_mm: float = 3.0
