@@ -30,6 +30,14 @@ def run_snakemake(*args: str, cwd: Path = REPO, check: bool = True, timeout: int
 
 
 @pytest.fixture(scope="session")
+def breast_example(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The vendored clinical RTSTRUCT/RTDOSE example, decompressed once per test session."""
+    from tests.reference_data import unpack_breast_example
+
+    return unpack_breast_example(tmp_path_factory.mktemp("rt_breast_example"))
+
+
+@pytest.fixture(scope="session")
 def sample_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Results folder of a real workflow run on SAMPLE_PATIENTS small sample patients."""
     results = tmp_path_factory.mktemp("results")

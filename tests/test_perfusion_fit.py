@@ -1,13 +1,12 @@
 """``isotox.perfusion.fit`` against the OSIPI DCE reference curves and known-parameter curves.
 
-Reference data: ../shared/data/dce_reference (OSIPI DCE-DSC-MRI CodeCollection, Apache-2.0).
+Reference data: tests/data/dce_reference, vendored (OSIPI DCE-DSC-MRI CodeCollection, Apache-2.0).
 Pass criterion is OSIPI's own: |fit - ref| <= atol + rtol * |ref| with Ktrans/PS atol 0.005 /min,
 rtol 0.1; ve atol 0.05; vp atol 0.025; Fp atol 5 ml/100 ml/min, rtol 0.1; arterial delay atol 1 s.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -19,8 +18,8 @@ from isotox.perfusion import fit
 from isotox.perfusion.aif import parker_aif
 from isotox.perfusion.fit import two_compartment_exchange
 from isotox.perfusion.kinetics import extended_tofts, patlak
+from tests.reference_data import dce_csv
 
-DCE_REF = Path(__file__).resolve().parents[2] / "shared" / "data" / "dce_reference"
 #: OSIPI tolerances (atol, rtol) per parameter.
 OSIPI_TOL = {"ktrans": (0.005, 0.1), "ps": (0.005, 0.1), "ve": (0.05, 0.0), "vp": (0.025, 0.0), "fp": (5.0, 0.1), "delay": (1.0, 0.0)}
 
@@ -31,9 +30,9 @@ def _numbers(text: str) -> np.ndarray:
 
 def _osipi(name: str, tissue_col: str, aif_col: str) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, np.ndarray]:
     """Reference table, times, tissue curves (voxels, T) and AIFs (voxels, T)."""
-    path = DCE_REF / name
+    path = dce_csv(name)
     if not path.exists():
-        pytest.fail(f"reference data missing: {path} (see ../shared/data/README.md)")
+        pytest.fail(f"reference data missing: {path} (vendored in tests/data/dce_reference)")
     table = pd.read_csv(path)
     t = _numbers(table["t"][0])
     aifs = np.stack([_numbers(s) for s in table[aif_col]])

@@ -1,6 +1,6 @@
 """Perfusion building blocks against published references.
 
-* Parker AIF: OSIPI DCE-DSC-MRI CodeCollection reference values (../shared/data/dce_reference,
+* Parker AIF: OSIPI DCE-DSC-MRI CodeCollection reference values (tests/data/dce_reference, vendored,
   Apache-2.0), OSIPI tolerance atol 1e-4 mM, rtol 0.01.
 * The exponential convolution: against the closed form for a step input, where
   ``∫_0^t c e^{-k(t-u)} du = c (1 - e^{-kt}) / k`` exactly (our recursion is exact for
@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -19,12 +18,12 @@ from hypothesis import strategies as st
 
 from isotox.perfusion.aif import parker_aif
 from isotox.perfusion.kinetics import exp_convolution, extended_tofts, patlak
+from tests.reference_data import dce_csv
 
-DCE_REF = Path(__file__).resolve().parents[2] / "shared" / "data" / "dce_reference"
 
 
 def test_parker_aif_matches_osipi_reference() -> None:
-    ref = pd.read_csv(DCE_REF / "ParkerAIF_ref.csv")
+    ref = pd.read_csv(dce_csv("ParkerAIF_ref.csv"))
     assert len(ref) > 1000, "reference table incomplete"
     values = parker_aif(ref["time"].to_numpy(), delay_min=0.0)
     np.testing.assert_allclose(values, ref["Cb"].to_numpy(), atol=1e-4, rtol=0.01)

@@ -2,7 +2,7 @@
 
 * Mask -> RTSTRUCT -> mask: Dice >= 0.99 for shapes with holes, islands and an island inside a
   hole (even-odd rule), on an anisotropic grid.
-* dicompyler-core example (BSD, ../shared/data/rt_breast_example): dicompyler-core's own test
+* dicompyler-core example (BSD, vendored subset in tests/data/rt_breast_example): dicompyler-core's own test
   reports the Heart volume as 440.23 cm3 on the RTDOSE grid (2.5 x 2.5 x 3 mm). Rasterising by
   voxel centres on that same grid we get 440.23 cm3 too; on a CT-like grid (1.07 mm in-plane,
   3 mm slices, built from the CT slice and the contour planes because 97 CT slices are absent)
@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -32,17 +31,9 @@ from isotox.settings.roi_names import RoiNameMap
 from tests.sample_dicom import dciodvfy_errors
 
 REPO = Path(__file__).resolve().parents[1]
-EXAMPLE = REPO.parent / "shared" / "data" / "rt_breast_example"
 NAMES = RoiNameMap.from_yaml(REPO / "config" / "roi_names.yaml")
 WHO = PatientStudy("RT", "Rt^Test", "19600101", "O", "1.2.3.9", "20250101", "080000")
 FOR = "1.2.3.9.1"
-
-
-def _need_example() -> None:
-    if not EXAMPLE.is_dir():
-        if os.environ.get("CI"):
-            pytest.fail(f"reference data missing in CI: {EXAMPLE}")
-        pytest.skip(f"reference data not present at {EXAMPLE}")
 
 
 def _shapes(grid: ImageGrid) -> dict[str, np.ndarray]:
@@ -91,10 +82,9 @@ def test_roi_on_other_frame_of_reference_is_not_used(tmp_path: Path) -> None:
     assert back.rois == [] and set(back.other_frame) == {"GTV", "PTV", "LUNG_L", "Empty"}
 
 
-def test_breast_example_heart_volume_matches_dicompyler() -> None:
-    _need_example()
-    rs = pydicom.dcmread(EXAMPLE / "rtss.dcm")
-    dose = read_rtdose(pydicom.dcmread(EXAMPLE / "rtdose.dcm"), "breast", "rtdose.dcm")
+def test_breast_example_heart_volume_matches_dicompyler(breast_example: Path) -> None:
+    rs = pydicom.dcmread(breast_example / "rtss.dcm")
+    dose = read_rtdose(pydicom.dcmread(breast_example / "rtdose.dcm"), "breast", "rtdose.dcm")
     structures = read_structure_set(rs, dose.grid, str(rs.ReferencedFrameOfReferenceSequence[0].FrameOfReferenceUID), NAMES)
     heart = next(r for r in structures.rois if r.name == "Heart")
     assert heart.canonical == "HEART"
@@ -102,7 +92,7 @@ def test_breast_example_heart_volume_matches_dicompyler() -> None:
     areola = next(r for r in structures.rois if r.name == "Areola")
     assert areola.mask.sum() == 0 and any("Areola: empty ROI" in w for w in structures.warnings)
 
-    ct = pydicom.dcmread(EXAMPLE / "ct.0.dcm")
+    ct = pydicom.dcmread(breast_example / "ct.0.dcm")
     planes = sorted({float(c.ContourData[2]) for roi in rs.ROIContourSequence for c in roi.get("ContourSequence", [])})
     ipp = [float(v) for v in ct.ImagePositionPatient]
     ct_grid = ImageGrid((int(ct.Columns), int(ct.Rows), len(planes)), (float(ct.PixelSpacing[1]), float(ct.PixelSpacing[0]), 3.0), (ipp[0], ipp[1], planes[0]))
@@ -110,10 +100,11 @@ def test_breast_example_heart_volume_matches_dicompyler() -> None:
     assert heart_ct.mask.sum() * ct_grid.voxel_volume_mm3 / 1000.0 == pytest.approx(439.66, abs=0.5)
 
 
-def test_rtdose_reader_on_the_example() -> None:
-    _need_example()
-    dose = read_rtdose(pydicom.dcmread(EXAMPLE / "rtdose.dcm"), "breast", "rtdose.dcm")
-    assert dose.grid.shape == (98, 129, 194) and dose.grid.spacing == (2.5, 2.5, 3.0)
+def test_rtdose_reader_on_the_example(breast_example: Path) -> None:
+    """The vendored dose is the clinical grid cropped (whole voxels, same origin lattice) to the kept
+    ROIs + 10 mm: 86 x 81 x 78 of 98 x 129 x 194; the plan maximum lies inside the crop."""
+    dose = read_rtdose(pydicom.dcmread(breast_example / "rtdose.dcm"), "breast", "rtdose.dcm")
+    assert dose.grid.shape == (86, 81, 78) and dose.grid.spacing == (2.5, 2.5, 3.0)
     assert dose.summation_type == "PLAN"
     assert dose.dose_gy.max() == pytest.approx(14.680764, rel=1e-6)  # max(pixels) x DoseGridScaling
 
@@ -133,9 +124,8 @@ def test_rtdose_write_validate_reload(tmp_path: Path) -> None:
     assert dciodvfy_errors(path) == []
 
 
-def test_relative_dose_is_refused(tmp_path: Path) -> None:
-    _need_example()
-    ds = pydicom.dcmread(EXAMPLE / "rtdose.dcm")
+def test_relative_dose_is_refused(breast_example: Path) -> None:
+    ds = pydicom.dcmread(breast_example / "rtdose.dcm")
     ds.DoseUnits = "RELATIVE"
     with pytest.raises(InputDataError, match="DoseUnits RELATIVE"):
         read_rtdose(ds, "breast", "rtdose.dcm")

@@ -9,8 +9,6 @@ README): 0.025 there.
 
 from __future__ import annotations
 
-import os
-import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -21,10 +19,7 @@ import SimpleITK as sitk
 from isotox.dicomio.suv import rescaled, suv_conversion
 from isotox.errors import InputDataError
 
-VENDORED = Path(__file__).parent / "data" / "suv_dro"
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "suv_dro" / "DRO"
-ALL_DROS = ["DRO_0_0", "DRO_1_0", "DRO_2_0", "DRO_2_1", "DRO_2_2", "DRO_2_3", "DRO_2_4", "DRO_2_5", "DRO_3_0",
-            "DRO_3_1", "DRO_3_2", "DRO_3_3", "DRO_3_4", "DRO_4_0", "DRO_4_1", "DRO_4_2", "DRO_5_0"]
+from tests.reference_data import ALL_DROS, unpack_dro
 
 
 def _suv_stats(folder: Path) -> tuple[float, float, float]:
@@ -42,26 +37,16 @@ def _check(name: str, stats: tuple[float, float, float]) -> None:
     np.testing.assert_allclose(stats, (0.20, 1.00, 4.00), atol=tolerance, err_msg=name)
 
 
-@pytest.mark.parametrize("name", ["DRO_2_2", "DRO_3_2", "DRO_4_2"])
-def test_vendored_dros(name: str, tmp_path: Path) -> None:
-    with tarfile.open(VENDORED / f"{name}.tar.gz") as tar:
-        tar.extractall(tmp_path, filter="data")
-    _check(name, _suv_stats(tmp_path / name))
-
-
 @pytest.mark.parametrize("name", ALL_DROS)
-def test_all_seventeen_dros_from_shared_data(name: str) -> None:
-    if not SHARED.is_dir():
-        if os.environ.get("CI"):
-            pytest.fail(f"reference data missing in CI: {SHARED}")
-        pytest.skip(f"reference data not present at {SHARED} (the vendored subset still ran)")
-    _check(name, _suv_stats(SHARED / name))
+def test_all_seventeen_dros(name: str, tmp_path: Path) -> None:
+    """Every DRO (vendored in tests/data/suv_dro) within 0.002 SUV of 0.20 / 1.00 / 4.00 (0.025 for DRO_2_3,
+    whose stored values are quantised: see the data README). Nearest wrong answers rejected: no decay
+    correction (x ~1.4 for FDG at 1 h), dose read as Bq when it is MBq, SUVlbm left un-normalised."""
+    _check(name, _suv_stats(unpack_dro(name, tmp_path)))
 
 
 def _dro_slices(tmp_path: Path) -> list[pydicom.Dataset]:
-    with tarfile.open(VENDORED / "DRO_3_2.tar.gz") as tar:
-        tar.extractall(tmp_path, filter="data")
-    return [pydicom.dcmread(p) for p in sorted((tmp_path / "DRO_3_2" / "PT").glob("*.dcm"))]
+    return [pydicom.dcmread(p) for p in sorted((unpack_dro("DRO_3_2", tmp_path) / "PT").glob("*.dcm"))]
 
 
 @pytest.mark.parametrize(("edit", "message"), [
