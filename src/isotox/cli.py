@@ -171,6 +171,20 @@ def _cmd_dvh(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_suv(args: argparse.Namespace) -> int:
+    from isotox.suv_qa import suv_folder
+
+    records = suv_folder(args.dicom_dir, args.out_dir, irregular=args.irregular)
+    converted = [uid for uid, r in records.items() if "error" not in r]
+    for uid, record in sorted(records.items()):
+        print(f"{uid}\t" + (f"error: {record['error']}" if "error" in record else
+                             f"SUVmax {record['suv_max']:.3f}, factor {record['factor'] if isinstance(record['factor'], float) else 'per slice'}, {record['slices']} slice(s)"))
+    if not converted:
+        print(f"isotox suv: error: no PET series could be converted (see {args.out_dir}/suv.json)", file=sys.stderr)
+        return 2
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="isotox", description="NSCLC imaging to isotoxic RT prescriptions and trial outcomes.")
     parser.add_argument("--version", action="version", version=f"isotox {__version__}")
@@ -194,6 +208,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="missing slices, uneven spacing or gantry tilt: resample onto a regular grid (default) or refuse")
     p.add_argument("--accept-effective-dose", action="store_true", help="take a TPS RTDOSE of DoseType EFFECTIVE as the plan dose (refused by default)")
     p.set_defaults(func=_cmd_ingest)
+
+    p = sub.add_parser("suv", help="SUV QA: every PET series of a folder (no CT needed) -> OUT_DIR/<SeriesUID>.nii.gz + suv.json")
+    p.add_argument("dicom_dir", help="folder with PET files (any nesting; one slice is a valid series)")
+    p.add_argument("out_dir", help="output folder: one SUVbw NIfTI per convertible series, suv.json with every series' record or error")
+    p.add_argument("--irregular", choices=["resample", "refuse"], default="resample", help="irregular slice stacks: resample (default) or refuse")
+    p.set_defaults(func=_cmd_suv)
 
     p = sub.add_parser("register", help="stage 2: PET/CT and DCE-CT onto the planning CT; writes PATIENT_DIR/register/")
     p.add_argument("patient_dir", help="the patient's results folder, with ingest/ inside")

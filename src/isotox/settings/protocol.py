@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from isotox.errors import ConfigError
+from isotox.resources import resolve_protocol
 from isotox.settings.documents import load_validated_yaml
 
 
@@ -23,7 +24,7 @@ def load_protocol(path: str | Path) -> dict[str, Any]:
     Beyond the schema: ranges ordered, the boost levels ordered (base <= test <= max) and the
     boost base equal to the protocol's maximum PTV dose, constraint ids unique.
     """
-    path = Path(path)
+    path = resolve_protocol(path)  # a file, or the name of a protocol that ships with isotox
     doc = load_validated_yaml(path, "protocol")
     _check_range(doc, "total_dose_gy", path)
     _check_range(doc, "fractionation.dose_per_fraction_gy", path)
