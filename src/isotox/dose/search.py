@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from isotox.dose.dvh import Dvh, StructureSamples
+from isotox.settings.protocol import boost_ceiling_gy
 
 
 @dataclass(frozen=True)
@@ -115,6 +116,7 @@ class SearchResult:
     limiting: list[str]
     binds_at_gy: dict[str, float | None]
     missing_structures: list[str] = field(default_factory=list)
+    not_prescribable: str | None = None  # why no dose may be prescribed at all (a required structure is absent)
 
     @property
     def feasible(self) -> bool:
@@ -135,11 +137,30 @@ class SearchResult:
                                   "binds_at_gy": self.binds_at_gy.get(cid)} for cid in limits},
             "violated_at_lowest": (self.evaluations[0].violated if self.evaluations and not chosen else []),
             "missing_structures": self.missing_structures,
+            "not_prescribable": self.not_prescribable,
         }
+
+
+def missing_required(samples: dict[str, StructureSamples], constraints: list[dict[str, Any]]) -> tuple[list[str], str | None]:
+    """Structures of the constraints that are absent, and the reason the patient cannot be prescribed
+    when any of them belongs to a constraint not marked ``optional: true``.
+
+    Why: an organ that is not contoured is not an organ that receives no dose; escalating as if its
+    constraint held would prescribe blind to it."""
+    missing = sorted({c["structure"] for c in constraints if c["structure"] not in samples})
+    required = sorted({c["structure"] for c in constraints if c["structure"] not in samples and not c.get("optional", False)})
+    if not required:
+        return missing, None
+    ids = ", ".join(c["id"] for c in constraints if c["structure"] in required)
+    return missing, (f"structure {', '.join(required)} absent, so constraint {ids} cannot be evaluated: contour it in the RTSTRUCT, "
+                     f"or map the clinic's ROI name to it in roi_names.yaml (or mark the constraint optional in the protocol)")
 
 
 def search(samples: dict[str, StructureSamples], constraints: list[dict[str, Any]], cands: list[Candidate]) -> SearchResult:
     """Evaluate every candidate (ascending) and keep the highest feasible one."""
+    missing, refusal = missing_required(samples, constraints)
+    if refusal:
+        return SearchResult(None, [], [], {c["id"]: None for c in constraints}, missing, refusal)
     evaluations = [evaluate(samples, constraints, c) for c in cands]
     feasible = [i for i, e in enumerate(evaluations) if e.feasible]
     chosen_index = feasible[-1] if feasible else None
@@ -150,15 +171,14 @@ def search(samples: dict[str, StructureSamples], constraints: list[dict[str, Any
     for c in constraints:
         first = next((e for e in evaluations if c["id"] in e.violated), None)
         binds[c["id"]] = first.candidate.total_gy + first.candidate.boost_increment_gy if first else None
-    missing = sorted({c["structure"] for c in constraints if c["structure"] not in samples})
     return SearchResult(evaluations[chosen_index] if chosen_index is not None else None, evaluations, limiting, binds, missing)
 
 
 def boost_candidates(base: Candidate, protocol: dict[str, Any], start_gy: float) -> list[Candidate]:
-    """Integrated-boost prescriptions from ``start_gy`` to the protocol's cap, in its step, on a fixed base."""
+    """Integrated-boost prescriptions from ``start_gy`` to the protocol's ceiling, in its step, on a fixed base."""
     boost = protocol["boost"]
     step = float(boost.get("step_gy", 0.5))
-    tops = np.arange(start_gy, float(boost["max_total_gy"]) + step / 2, step)
+    tops = np.arange(start_gy, boost_ceiling_gy(protocol) + 1e-9, step)
     return [Candidate(base.total_gy, base.fractions, round(float(t) - base.total_gy, 6)) for t in tops]
 
 
@@ -167,13 +187,18 @@ def pet_boost_search(samples_arm: dict[str, dict[str, StructureSamples]], protoc
 
     1. test the whole-tumour boost (arm A plan) at ``boost.test_total_gy`` on the base prescription;
     2. feasible: the patient is randomizable; escalate the allocated arm's boost from the test
-       dose to ``boost.max_total_gy`` as far as the constraints allow;
+       dose to the protocol ceiling (``boost_ceiling_gy``) as far as the constraints allow;
     3. not feasible: not randomized; the highest isotoxic base dose <= base_total_gy, no boost.
     """
     boost = protocol["boost"]
     constraints = protocol["constraints"]
     n = int(protocol["fractionation"]["fractions"])
     base = Candidate(float(boost["base_total_gy"]), n)
+    missing, refusal = missing_required(samples_arm["A"], constraints)
+    if refusal:
+        return {"whole_tumour_boost_test": {"total_gy": boost["test_total_gy"], "feasible": False, "violated": [], "values": {}},
+                "randomized": False, "arm": "not_prescribable", "boost_target": None, "boost_total_gy": None, "boost_stopped_by": None,
+                **SearchResult(None, [], [], {c["id"]: None for c in constraints}, missing, refusal).as_dict(constraints)}
     test = evaluate(samples_arm["A"], constraints, Candidate(base.total_gy, n, float(boost["test_total_gy"]) - base.total_gy))
     out: dict[str, Any] = {"whole_tumour_boost_test": {"total_gy": boost["test_total_gy"], "feasible": test.feasible, "violated": test.violated,
                                                        "values": test.values}}
@@ -181,8 +206,15 @@ def pet_boost_search(samples_arm: dict[str, dict[str, StructureSamples]], protoc
         result = search(samples_arm[arm], constraints, boost_candidates(base, protocol, float(boost["test_total_gy"])))
         out.update({"randomized": True, "arm": arm, "boost_target": boost["arms"][arm]["target"], **result.as_dict(constraints)})
         out["boost_total_gy"] = base.total_gy + result.chosen.candidate.boost_increment_gy if result.chosen else None
+        out["boost_dose_per_fraction_gy"] = out["boost_total_gy"] / n if out["boost_total_gy"] else None
+        ceiling = boost_ceiling_gy(protocol)
+        out["boost_ceiling_gy"] = ceiling
+        # what stopped the escalation: the next step's violated constraints, or the protocol's ceiling
+        out["boost_stopped_by"] = ",".join(result.limiting) if result.limiting else (
+            f"protocol ceiling ({ceiling:g} Gy)" if result.chosen is not None and result.chosen is result.evaluations[-1] else None)
     else:
         result = search(samples_arm["A"], constraints, candidates(protocol, max_total_gy=base.total_gy))
         out.update({"randomized": False, "arm": "not_randomized", "boost_target": None, **result.as_dict(constraints)})
         out["boost_total_gy"] = None
+        out["boost_stopped_by"] = None
     return out

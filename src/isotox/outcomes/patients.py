@@ -43,7 +43,9 @@ NTCP_COLUMN_BY_STRUCTURE = {"LUNGS_MINUS_GTV": "ntcp_pneumonitis", "ESOPHAGUS": 
 
 def plan_columns(plan: dict[str, object]) -> dict[str, object]:
     """The plan's figures the cohort analyses use (toxicity against dose, boost feasibility)."""
-    row: dict[str, object] = {key: plan.get(key) for key in ("prescribed_dose_gy", "fractions", "boost_total_gy", "boost_feasible", "feasible", "dose_source")}
+    row: dict[str, object] = {key: plan.get(key) for key in ("prescribed_dose_gy", "fractions", "boost_total_gy", "boost_dose_per_fraction_gy",
+                                                           "boost_stopped_by", "boost_feasible", "feasible", "not_prescribable",
+                                                           "awaiting_randomisation", "dose_source")}
     prescription = plan.get("prescription") or {}
     row["plan_arm"] = prescription.get("arm") if isinstance(prescription, dict) else None
     row["limiting_constraint"] = ",".join(plan.get("limiting_constraints") or [])  # type: ignore[arg-type]

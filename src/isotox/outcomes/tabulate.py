@@ -108,7 +108,12 @@ def _feasibility(rows: pd.DataFrame, patients: pd.DataFrame | None) -> pd.DataFr
                 entry = {"measure": f"prescribed dose, arm {arm}", "n": len(d), "median_gy": d.median(), "min_gy": d.min(), "max_gy": d.max()}
                 if "boost_total_gy" in group and group["boost_total_gy"].notna().any():
                     b = group["boost_total_gy"].dropna()
-                    entry.update({"boost_median_gy": b.median(), "boost_min_gy": b.min(), "boost_max_gy": b.max()})
+                    entry.update({"boost_median_gy": b.median(), "boost_min_gy": b.min(), "boost_max_gy": b.max(),
+                                  "boost_per_fraction_median_gy": b.median() / float(patients.loc[b.index, "fractions"].astype(float).median())
+                                  if "fractions" in patients.columns else np.nan})
+                    if "boost_stopped_by" in patients.columns:
+                        stops = patients.loc[b.index, "boost_stopped_by"].fillna("").astype(str)
+                        entry["boost_stopped_by"] = "; ".join(f"{k or 'unknown'}: {v}" for k, v in stops.value_counts().sort_index().items())
                 out.append(entry)
     return pd.DataFrame(out)
 

@@ -58,23 +58,33 @@ def prescribe(samples: dict[str, StructureSamples], protocol: dict[str, Any], ar
         result = search(base, constraints, cands)
         out = result.as_dict(constraints)
         chosen = result.chosen.candidate if result.chosen else None
-        return Prescription(out, chosen, ["base"], _scan_table(base, constraints, cands, "isotoxic"), None)
+        scan = pd.DataFrame() if result.not_prescribable else _scan_table(base, constraints, cands, "isotoxic")
+        return Prescription(out, chosen, ["base"], scan, None)
 
     allocated = arm if arm in ("A", "B") else None
     by_arm = {a: plans_view(samples, ["base", f"boost_{a}"]) for a in ("A", "B")}
     shown = allocated or "A"
     out = pet_boost_search(by_arm, protocol, shown)
     out["arm_allocated"] = allocated is not None
-    if not allocated and out["randomized"]:
-        out["arm"] = "not_allocated"
-        out["note"] = "no arm allocated (cohort sheet or --arm): the arm A escalation is the exported plan; both arms are in escalation_by_arm"
+    if out.get("not_prescribable"):
+        return Prescription(out, None, ["base"], pd.DataFrame(), None)
     escalation = {a: pet_boost_search(by_arm, protocol, a) for a in ("A", "B")} if out["randomized"] else {}
-    out["escalation_by_arm"] = {a: {"boost_total_gy": r["boost_total_gy"], "limiting_constraints": r["limiting_constraints"]} for a, r in escalation.items()}
+    out["escalation_by_arm"] = {a: {"boost_total_gy": r["boost_total_gy"], "boost_dose_per_fraction_gy": r.get("boost_dose_per_fraction_gy"),
+                                    "stopped_by": r.get("boost_stopped_by"), "limiting_constraints": r["limiting_constraints"]}
+                                for a, r in escalation.items()}
     n = int(protocol["fractionation"]["fractions"])
     base_total = float(protocol["boost"]["base_total_gy"])
+    if out["randomized"] and not allocated:
+        # randomizable but not allocated: no prescription yet, so nothing is exported as if prescribed
+        out.update({"arm": "not_allocated", "feasible": False, "awaiting_randomisation": True, "total_gy": None, "fractions": None,
+                    "dose_per_fraction_gy": None, "boost_increment_gy": None, "boost_total_gy": None, "boost_stopped_by": None,
+                    "note": "randomizable (the 72 Gy whole-tumour boost is feasible) but no arm allocated (cohort sheet or --arm): "
+                            "no plan is prescribed or exported; both arms' escalations are in escalation_by_arm"})
+        test = Candidate(base_total, n, float(protocol["boost"]["test_total_gy"]) - base_total)
+        return Prescription(out, None, ["base"], _scan_table(by_arm["A"], constraints, [test], "72 Gy whole-tumour test"), None)
     if out["randomized"]:
         plans = ["base", f"boost_{shown}"]
-        cands = boost_candidates(Candidate(base_total, n), protocol, float(protocol["boost"]["test_total_gy"]))
+        cands = boost_candidates(Candidate(base_total, n), protocol, float(protocol["boost"]["test_total_gy"]))  # up to the ceiling
         scan = _scan_table(by_arm[shown], constraints, cands, f"boost arm {shown}")
         chosen = Candidate(out["total_gy"], out["fractions"], out["boost_increment_gy"]) if out["feasible"] else None
     else:

@@ -154,10 +154,15 @@ def plan_patient(patient_dir: str | Path, protocol_path: str | Path, *, arm: str
 
     prescription = prescribe(samples, protocol, arm)
     result = prescription.result
-    if not result["feasible"]:
+    if result.get("not_prescribable"):
+        flags.append(f"not prescribable: {result['not_prescribable']}")
+    elif result.get("awaiting_randomisation"):
+        flags.append("awaiting randomisation: " + result["note"])
+    elif not result["feasible"]:
         flags.append(f"infeasible: no prescription of the protocol keeps every constraint (violated at the lowest dose: {', '.join(result['violated_at_lowest'])})")
-    if result.get("missing_structures"):
-        flags.append(f"constraint structures missing (not evaluated): {', '.join(result['missing_structures'])}")
+    skipped = [c["id"] for c in protocol["constraints"] if c.get("optional") and c["structure"] not in samples]
+    if skipped:
+        flags.append(f"optional constraints skipped (structure absent): {', '.join(skipped)}")
     dvhs = prescribed_dvhs(samples, prescription)
     unit_doses = {p: units[p].dose for p in plan_order}
     total = prescribed_dose(unit_doses, prescription)
@@ -166,6 +171,8 @@ def plan_patient(patient_dir: str | Path, protocol_path: str | Path, *, arm: str
         "arm_requested": arm, "feasible": result["feasible"],
         "prescribed_dose_gy": result["total_gy"], "fractions": result["fractions"], "dose_per_fraction_gy": result["dose_per_fraction_gy"],
         "boost_total_gy": result.get("boost_total_gy"), "boost_feasible": result["whole_tumour_boost_test"]["feasible"] if has_boost(protocol) else None,
+        "boost_dose_per_fraction_gy": result.get("boost_dose_per_fraction_gy"), "boost_stopped_by": result.get("boost_stopped_by"),
+        "not_prescribable": result.get("not_prescribable"), "awaiting_randomisation": bool(result.get("awaiting_randomisation")),
         "limiting_constraints": result["limiting_constraints"], "prescription": result,
         "coverage": _coverage(dvhs, prescription), "dose_metrics": _key_metrics(dvhs),
         "radiobiology": radiobiology(dvhs, protocol, prescription, settings.tumour_alpha_beta_gy),
@@ -182,7 +189,8 @@ def plan_patient(patient_dir: str | Path, protocol_path: str | Path, *, arm: str
                 np.savez_compressed(out / "dose" / f"{p}_fluence.npz", **units[p].fluence_arrays())
         prescription.scan.to_csv(out / "constraint_scan.tsv", sep="\t", index=False, float_format="%.5g")
         chosen_gy = (prescription.candidate.total_gy + prescription.candidate.boost_increment_gy) if prescription.candidate else None
-        constraint_plot(prescription.scan, protocol["constraints"], chosen_gy, out / "qc" / "constraints.png", f"{patient}: constraints vs dose ({protocol['name']})")
+        if not prescription.scan.empty:
+            constraint_plot(prescription.scan, protocol["constraints"], chosen_gy, out / "qc" / "constraints.png", f"{patient}: constraints vs dose ({protocol['name']})")
         if total is not None:
             sitk.WriteImage(to_image(context.dose_grid, total), str(out / "dose" / "prescribed.nii.gz"), useCompression=True)
             _dvh_rows(dvhs, prescription.candidate.fractions, _structure_alpha_beta(protocol, settings.tumour_alpha_beta_gy)).to_csv(out / "dvh.tsv", sep="\t", index=False, float_format="%.5g")
@@ -206,7 +214,8 @@ def plan_patient(patient_dir: str | Path, protocol_path: str | Path, *, arm: str
         else:
             pd.DataFrame(columns=["structure", "dose_type"]).to_csv(out / "dvh.tsv", sep="\t", index=False)
             pd.DataFrame(columns=["structure", "dose_gy", "volume_cc", "volume_percent"]).to_csv(out / "dvh_curves.tsv", sep="\t", index=False)
-            doc["export"] = {"error": "no feasible prescription: nothing to export"}
+            doc["export"] = {"error": "no prescription (" + ("not prescribable" if result.get("not_prescribable") else
+                             "awaiting randomisation" if result.get("awaiting_randomisation") else "infeasible") + "): nothing to export"}
         doc["seconds"] = round(time.perf_counter() - started, 2)
         (out / "plan.json").write_text(json.dumps(_json_ready(doc), indent=2) + "\n", encoding="utf-8")
     log.info("%s: %s, %s Gy / %s fx, boost %s, limiting %s (%.1f s)", patient, "feasible" if doc["feasible"] else "INFEASIBLE",

@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from isotox.sample.patient import sample_allocation
+
 DAYS_PER_MONTH = 365.25 / 12.0
 QOL_TIMEPOINTS = (("baseline", -7), ("week4", 28), ("end_rt", 33), ("fu3m", 125))
 
@@ -83,7 +85,8 @@ def simulate_clinical(truths: list[dict[str, Any]], seed: int, model: OutcomeMod
         pid, gtv = t["patient_id"], float(t["tumour"]["gtv_volume_cc"])
         node, fhv = bool(t["has_node"]), float(t["tumour"]["hypoxic_fraction"])
         feasible, dose = _nominal_prescription(gtv, node, rng, model)
-        arm = str(rng.choice(["A", "B"])) if feasible else "not_randomized"
+        # the one randomisation list of the sample (the plan rule reads the same allocation)
+        arm = sample_allocation(int(t["index"]), seed) if feasible else "not_randomized"
         stage = str(rng.choice(["IIIA", "IIIB"])) if node else ("IB" if gtv < 15 else ("IIA" if gtv < 40 else "IIB"))
         chemo = str(rng.choice(["concurrent", "sequential"], p=[0.6, 0.4])) if stage.startswith("III") else "none"
         induction = int(rng.integers(0, 3)) if chemo != "none" else 0

@@ -18,6 +18,16 @@ def _check_range(doc: dict[str, Any], key: str, file: Path) -> None:
         raise ConfigError(file, f"min ({rng['min']}) is greater than max ({rng['max']})", key)
 
 
+def boost_ceiling_gy(protocol: dict[str, Any]) -> float:
+    """Total boost dose (Gy) the isotoxic escalation may reach: the lower of ``max_total_gy`` and
+    ``max_dose_per_fraction_gy`` x fractions (the protocol gives one or both)."""
+    boost = protocol["boost"]
+    caps = [float(boost["max_total_gy"])] if "max_total_gy" in boost else []
+    if "max_dose_per_fraction_gy" in boost:
+        caps.append(float(boost["max_dose_per_fraction_gy"]) * int(protocol["fractionation"]["fractions"]))
+    return min(caps)
+
+
 def load_protocol(path: str | Path) -> dict[str, Any]:
     """Return the validated protocol mapping.
 
@@ -31,8 +41,9 @@ def load_protocol(path: str | Path) -> dict[str, Any]:
     _check_range(doc, "fractionation.fractions", path)
     boost = doc.get("boost")
     if boost:
-        if not boost["base_total_gy"] <= boost["test_total_gy"] <= boost["max_total_gy"]:
-            raise ConfigError(path, "boost levels must satisfy base_total_gy <= test_total_gy <= max_total_gy", "boost")
+        ceiling = boost_ceiling_gy(doc)
+        if not boost["base_total_gy"] <= boost["test_total_gy"] <= ceiling + 1e-9:
+            raise ConfigError(path, f"boost levels must satisfy base_total_gy <= test_total_gy <= the escalation ceiling ({ceiling:g} Gy)", "boost")
         if abs(boost["base_total_gy"] - doc["total_dose_gy"]["max"]) > 1e-9:
             raise ConfigError(path, "boost.base_total_gy must equal total_dose_gy.max (the PTV dose when boosted)", "boost.base_total_gy")
     ids = [c["id"] for c in doc["constraints"]]

@@ -1,0 +1,152 @@
+"""The PET-boost and isotoxic rules as the trials ran them (issue: the trials' rules).
+
+Each test names the old behaviour it fails on. The search inputs are synthetic unit-plan samples
+(1 Gy to the PTV, a boost plan of 1 Gy to the boost target), with doses chosen so the answer can
+be worked out by hand from the constraint limits.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from isotox.dose.dvh import StructureSamples
+from isotox.dose.search import pet_boost_search, search, candidates
+from isotox.planning.prescription import prescribe
+from isotox.sample.clinical import simulate_clinical
+from isotox.sample.patient import sample_allocation
+from isotox.settings import load_protocol
+from isotox.settings.protocol import boost_ceiling_gy
+
+REPO = Path(__file__).resolve().parents[1]
+N = 24
+
+
+def _s(name: str, base: float, boost: float, n: int = 200) -> StructureSamples:
+    return StructureSamples(name, [np.full(n, base), np.full(n, boost)], np.full(n, 0.01), 0.0)
+
+
+def _three(samples: dict[str, StructureSamples]) -> dict[str, StructureSamples]:
+    """Samples with plans (base, boost_A, boost_B): the same boost plan for both arms."""
+    return {k: StructureSamples(k, [v.doses[0], v.doses[1], v.doses[1]], v.volume_cc, v.outside_fraction) for k, v in samples.items()}
+
+
+def _lungs() -> StructureSamples:
+    """70 % of the lungs at 4 % of the PTV dose, 30 % at 20 %: V20 0 %, V5 30 %, MLD 8.8 % at 72 Gy."""
+    base = np.r_[np.full(1400, 0.04), np.full(600, 0.2)]
+    return StructureSamples("LUNGS_MINUS_GTV", [base, 0.01 * base], np.full(2000, 0.01), 0.0)
+
+
+def _world(esophagus_boost: float) -> dict[str, StructureSamples]:
+    """Oesophagus max point: 0.9 of the PTV dose plus ``esophagus_boost`` of the boost increment. Every
+    other organ far below its limit. Oesophagus limit EQD2(a/b 10) <= 76 Gy over 24 fractions."""
+    return {"SPINAL_CORD": _s("SPINAL_CORD", 0.3, 0.0), "LUNGS_MINUS_GTV": _lungs(),
+            "ESOPHAGUS": _s("ESOPHAGUS", 0.9, esophagus_boost), "HEART": _s("HEART", 0.2, 0.0), "GTV": _s("GTV", 1.0, 1.0)}
+
+
+def _eqd2(total: float, n: int = N, ab: float = 10.0) -> float:
+    d = total / n
+    return total * (d + ab) / (2.0 + ab)
+
+
+def test_randomized_boost_is_escalated_past_72_gy_to_the_ceiling() -> None:
+    """Old behaviour: max_total_gy 72 = test_total_gy, so every randomized boost stopped at 72 Gy.
+    With no organ near a limit the boost reaches the protocol ceiling (3.6 Gy x 24 = 86.4 Gy, snapped
+    to the 0.5 Gy step: 86.0 Gy) and says the ceiling stopped it. Nearest wrong answer: 72 Gy."""
+    protocol = load_protocol("pet_boost")
+    samples = _world(esophagus_boost=0.0)
+    out = pet_boost_search({"A": samples, "B": samples}, protocol, "B")
+    assert out["randomized"] and boost_ceiling_gy(protocol) == pytest.approx(86.4)
+    assert out["boost_total_gy"] == pytest.approx(86.0)
+    assert out["boost_dose_per_fraction_gy"] == pytest.approx(86.0 / 24)
+    assert out["boost_stopped_by"] == "protocol ceiling (86.4 Gy)"
+
+
+def test_escalation_stops_at_the_binding_constraint_worked_by_hand() -> None:
+    """The oesophagus receives 0.9 x 66 Gy + 0.8 x the boost increment. Its EQD2 limit of 76 Gy binds
+    first: the largest boost top T on the 0.5 Gy grid with EQD2(59.4 + 0.8 (T - 66)) <= 76 Gy is found
+    here by brute force over T, independent of the search. Nearest wrong answers: 72 Gy (old cap) and
+    the ceiling."""
+    protocol = load_protocol("pet_boost")
+    out = pet_boost_search({"A": _world(0.8), "B": _world(0.8)}, protocol, "A")
+    tops = np.arange(72.0, 86.4 + 1e-9, 0.5)
+    allowed = [t for t in tops if _eqd2(0.9 * 66.0 + 0.8 * (t - 66.0)) <= 76.0 + 1e-9]
+    assert out["boost_total_gy"] == pytest.approx(max(allowed))
+    assert 72.0 < out["boost_total_gy"] < 86.0
+    assert out["boost_stopped_by"] == "esophagus_max"
+
+
+def test_ceiling_is_protocol_data_with_its_source() -> None:
+    protocol = load_protocol("pet_boost")
+    assert "max_total_gy" not in protocol["boost"] and protocol["boost"]["max_dose_per_fraction_gy"] == 3.6
+    assert "3.30" in protocol["boost"]["ceiling_source"] and "isotox default" in protocol["boost"]["ceiling_source"]
+    lower = copy.deepcopy(protocol)
+    lower["boost"]["max_total_gy"] = 80.0  # both given: the lower one applies
+    assert boost_ceiling_gy(lower) == 80.0
+
+
+def test_missing_cord_makes_the_patient_not_prescribable() -> None:
+    """Old behaviour: without a SPINAL_CORD structure the cord constraint evaluated to NaN, counted as
+    met, and the search escalated to the top dose with only a flag."""
+    protocol = load_protocol("isotoxic_hypofractionated")
+    samples = {k: StructureSamples(k, [v.doses[0]], v.volume_cc, 0.0) for k, v in _world(0.0).items() if k != "SPINAL_CORD"}
+    result = search(samples, protocol["constraints"], candidates(protocol)).as_dict(protocol["constraints"])
+    assert not result["feasible"] and result["total_gy"] is None
+    assert "SPINAL_CORD" in result["not_prescribable"] and "roi_names.yaml" in result["not_prescribable"]
+    assert "cord_max" in result["not_prescribable"]
+    # marked optional by the protocol: skipped, the others decide
+    optional = copy.deepcopy(protocol)
+    for c in optional["constraints"]:
+        if c["structure"] == "SPINAL_CORD":
+            c["optional"] = True
+    result = search(samples, optional["constraints"], candidates(optional)).as_dict(optional["constraints"])
+    assert result["feasible"] and result["not_prescribable"] is None and result["missing_structures"] == ["SPINAL_CORD"]
+
+
+def test_missing_organ_in_the_pet_boost_rule_too() -> None:
+    protocol = load_protocol("pet_boost")
+    samples = {k: v for k, v in _three(_world(0.0)).items() if k != "HEART"}
+    p = prescribe(samples, protocol, "A")
+    assert p.candidate is None and "HEART" in p.result["not_prescribable"] and p.result["arm"] == "not_prescribable"
+
+
+def test_unallocated_randomizable_patient_gets_no_prescribed_plan() -> None:
+    """Old behaviour: a randomizable patient with no arm allocated got the arm-A escalation as the
+    prescribed (and exported) plan. Now nothing is prescribed until an arm is allocated; both arms'
+    escalations are reported."""
+    protocol = load_protocol("pet_boost")
+    samples = _three(_world(0.5))
+    p = prescribe(samples, protocol, None)
+    assert p.candidate is None and p.result["awaiting_randomisation"] and p.result["arm"] == "not_allocated"
+    assert set(p.result["escalation_by_arm"]) == {"A", "B"}
+    assert all(e["boost_total_gy"] > 72.0 for e in p.result["escalation_by_arm"].values())
+    allocated = prescribe(samples, protocol, "B")
+    assert allocated.candidate is not None and allocated.arm == "B" and allocated.plans == ["base", "boost_B"]
+
+
+def test_constraints_say_their_dose_type_and_why() -> None:
+    """Old file: 'expressed in EQD2 where the fraction size differs' while MLD, V20 and heart V40 were
+    physical. Now each PET-boost constraint carries a dose_type_source that agrees with its dose_type."""
+    protocol = load_protocol("pet_boost")
+    assert "EQD2 where the fraction size differs" not in protocol["notes"]
+    for c in protocol["constraints"]:
+        why = c["dose_type_source"].lower()
+        assert ("physical" in why) == (c["dose_type"] == "physical"), c["id"]
+        assert ("eqd2" in why) == (c["dose_type"] == "eqd2"), c["id"]
+    types = {c["id"]: c["dose_type"] for c in protocol["constraints"]}
+    assert types["lung_mld"] == types["lung_v20"] == types["heart_v40"] == "physical"
+
+
+def test_sample_has_one_randomisation_list() -> None:
+    """Old behaviour: clinical.tsv drew the arm from its own random stream, the plan rule from
+    sample_allocation: the two lists disagreed for about half the patients."""
+    truths = [{"index": i, "patient_id": f"SAMPLE{i:03d}", "tumour": {"gtv_volume_cc": 8.0 + (i % 4), "hypoxic_fraction": 0.2},
+               "histology": "squamous", "has_node": False, "planning_date": "20250101"} for i in range(1, 25)]
+    clinical, _, _ = simulate_clinical(truths, 20240101)
+    assert (clinical["arm"] != "not_randomized").sum() >= 8  # enough randomized patients for the check to mean something
+    for _, row in clinical.iterrows():
+        if row["arm"] != "not_randomized":
+            assert row["arm"] == sample_allocation(int(row["patient_id"][-3:]), 20240101), row["patient_id"]
