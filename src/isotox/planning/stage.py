@@ -32,6 +32,8 @@ from numpy.typing import NDArray
 from isotox.atomic import atomic_path
 from isotox.dose.dvh import Dvh, StructureSamples, dvh_table, sample_structure
 from isotox.errors import InputDataError
+from isotox.geometry import ImageGrid
+from isotox.dicomio.tps_dose import covered_fraction
 from isotox.dicomio.volume import to_image
 from isotox.images import array, read_image, resample_to
 from isotox.planning.export import ExportError, export_plan
@@ -104,6 +106,23 @@ def _key_metrics(dvhs: dict[str, Dvh]) -> dict[str, Any]:
             "cord_d003cc_gy": get("SPINAL_CORD", "D0.03cc")}
 
 
+#: A TPS dose must cover this fraction of every target and constrained organ (1 % for contour rounding).
+MIN_TPS_COVERAGE = 0.99
+
+
+def _require_tps_coverage(patient: str, tps_dose: Path, masks: dict[str, NDArray[np.bool_]], protocol: dict[str, Any], ct_grid: ImageGrid) -> None:
+    """Refuse a TPS dose whose grid leaves part of the PTV or a constrained organ out: outside the
+    grid the dose is unknown, and a metric computed as if it were 0 there would pass a wrong plan."""
+    grid = ImageGrid.from_sitk(read_image(tps_dose))
+    names = ["PTV"] + sorted({c["structure"] for c in protocol["constraints"]} | {m["structure"] for m in protocol.get("ntcp", {}).values()})
+    short = {n: covered_fraction(masks[n], ct_grid, grid) for n in names if n in masks and masks[n].any()}
+    short = {n: f for n, f in short.items() if f < MIN_TPS_COVERAGE}
+    if short:
+        listing = ", ".join(f"{n} ({100 * (1 - f):.1f} % outside)" for n, f in sorted(short.items()))
+        raise InputDataError(patient, tps_dose, f"the TPS dose grid does not cover {listing}",
+                             "export the RTDOSE on a grid covering every organ at risk (or set planning.dose_source: engine)")
+
+
 def plan_patient(patient_dir: str | Path, protocol_path: str | Path, *, arm: str | None = None,
                  settings: PlanningSettings | None = None, patient_id: str | None = None) -> dict[str, Any]:
     """Run stage 5 for one patient; returns what is written to ``plan/plan.json``."""
@@ -132,8 +151,15 @@ def plan_patient(patient_dir: str | Path, protocol_path: str | Path, *, arm: str
 
     tps_dose = ingest / "rtdose.nii.gz"
     use_tps = settings.dose_source == "tps" or (settings.dose_source == "auto" and tps_dose.exists())
+    tps_problem = str(meta.get("problems", {}).get("rtdose", ""))
+    tps_refused = bool(tps_problem) and not tps_problem.startswith("no RTDOSE")
     if settings.dose_source == "tps" and not tps_dose.exists():
-        raise InputDataError(patient, tps_dose, "planning.dose_source is 'tps' but no RTDOSE was ingested", "add the RTDOSE to the patient folder or use 'auto'")
+        raise InputDataError(patient, tps_dose, "planning.dose_source is 'tps' but no RTDOSE was ingested" + (f" (refused: {tps_problem})" if tps_refused else ""),
+                             "add the plan's RTDOSE to the patient folder or use 'auto'")
+    if settings.dose_source == "auto" and tps_refused:
+        flags.append(f"TPS RTDOSE refused at ingest, the built-in engine computed the dose instead: {tps_problem}")
+    if use_tps:
+        _require_tps_coverage(patient, tps_dose, masks, protocol, context.ct_grid)
     units: dict[str, UnitPlan] = {}
     units["base"] = tps_base_plan(read_image(tps_dose), masks["PTV"], context.ct_grid, context.dose_grid) if use_tps \
         else engine_plan(context, "base", "PTV", masks["PTV"])
