@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -347,3 +348,32 @@ def test_suv_command_exit_code_2_when_nothing_converts(tmp_path: Path, capsys: p
     assert cli_main(["suv", str(folder), str(tmp_path / "out")]) == 2
     assert "PatientWeight" in json.loads((tmp_path / "out" / "suv.json").read_text())["1.2.826.0.1.77.30"]["error"]
     assert "no PET series could be converted" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ TPS dose in planning -----------
+def _planning_copy(sample_run: Path, tmp_path: Path) -> tuple[Path, Path]:
+    from tests.conftest import sample_patients
+
+    _, patient_dir = sample_patients(sample_run)[0]
+    out = tmp_path / patient_dir.name
+    for stage in ("ingest", "segment"):
+        shutil.copytree(patient_dir / stage, out / stage)
+    return patient_dir, out
+
+
+def test_plan_refuses_a_tps_dose_that_misses_an_organ(sample_run: Path, tmp_path: Path) -> None:
+    """A TPS dose grid cut at the patient's midline leaves part of a lung and the heart without dose.
+    Old behaviour: the missing part counted as 0 Gy and the plan passed its lung/heart constraints.
+    Now `isotox plan` refuses it, naming the structure, the file and the fix; nothing is written."""
+    from isotox.planning.settings import PlanningSettings
+    from isotox.planning.stage import plan_patient
+
+    source, patient = _planning_copy(sample_run, tmp_path)
+    full = sitk.ReadImage(str(source / "plan" / "dose" / "base_unit.nii.gz")) * 66.0
+    size = list(full.GetSize())
+    half = sitk.RegionOfInterest(full, [size[0] // 2, size[1], size[2]], [0, 0, 0])
+    sitk.WriteImage(half, str(patient / "ingest" / "rtdose.nii.gz"))
+    with pytest.raises(InputDataError, match="does not cover") as info:
+        plan_patient(patient, "pet_boost", settings=PlanningSettings(dose_source="tps"), patient_id="P1")
+    assert "rtdose.nii.gz" in str(info.value) and "dose_source: engine" in str(info.value)
+    assert not (patient / "plan").exists()
