@@ -79,14 +79,27 @@ def _pet_image(series: Series, patient: str, policy: IrregularPolicy) -> tuple[s
     return to_image(geometry.grid, suv.astype(np.float32)), geometry, conversion.as_dict()
 
 
-def _dce_image(series: Series, patient: str, policy: IrregularPolicy) -> tuple[sitk.Image, SliceGeometry, pd.DataFrame]:
-    """4-D DCE-CT: frames by AcquisitionNumber (or AcquisitionTime), each a volume on one grid."""
+def _dce_image(series: Series, patient: str, policy: IrregularPolicy) -> tuple[sitk.Image, SliceGeometry, pd.DataFrame, list[str]]:
+    """4-D DCE-CT: one volume per acquisition, frames ordered by acquisition time (never by
+    AcquisitionNumber alone: when the two disagree the times win and a warning says so); times must
+    increase strictly. Returns the image, the first frame's geometry, the frame table and warnings."""
     datasets = load_pixels(series, patient)
     def frame_key(ds: Any) -> tuple[Any, ...]:
         return (int(ds.get("AcquisitionNumber") or 0), str(ds.get("AcquisitionTime", "")))
-    keys = sorted({frame_key(ds) for ds in datasets}, key=lambda k: (k[0], k[1]))
-    if len({k[0] for k in keys}) < len(keys):  # numbers do not separate frames: use times
-        keys = sorted(keys, key=lambda k: k[1])
+    def when(key: tuple[Any, ...]) -> Any:
+        first = next(ds for ds in datasets if frame_key(ds) == key)
+        try:
+            return combine(first.get("AcquisitionDate") or first.SeriesDate, first.AcquisitionTime)
+        except (AttributeError, ValueError) as exc:
+            raise InputDataError(patient, series.files[0], f"a DCE frame has no usable AcquisitionDate/AcquisitionTime ({exc})",
+                                 "export the DCE series with the acquisition time of every frame") from None
+    warnings: list[str] = []
+    keys = sorted({frame_key(ds) for ds in datasets})
+    times_of = {k: when(k) for k in keys}
+    by_time = sorted(keys, key=lambda k: (times_of[k], k[0]))
+    if len({k[0] for k in keys}) == len(keys) and by_time != keys:
+        warnings.append("DCE frames: AcquisitionNumber order disagrees with AcquisitionTime; frames ordered by time")
+    keys = by_time
     frames, grid_ref, geometry_ref, times = [], None, None, []
     for key in keys:
         members = [i for i, ds in enumerate(datasets) if frame_key(ds) == key]
@@ -94,14 +107,17 @@ def _dce_image(series: Series, patient: str, policy: IrregularPolicy) -> tuple[s
         if grid_ref is not None and geometry.grid != grid_ref:
             raise InputDataError(patient, series.files[members[0]], f"DCE frame {key} has a different geometry than the first frame", "export all frames on one grid")
         grid_ref, geometry_ref = geometry.grid, geometry
+        warnings.extend(f"DCE frame {len(frames)} (AcquisitionNumber {key[0]}): {w}" for w in geometry.warnings)
         frames.append(stack(geometry, [rescaled(datasets[members[i]]) for i in geometry.order]).astype(np.float32))
-        first = datasets[members[0]]
-        times.append(combine(first.get("AcquisitionDate") or first.SeriesDate, first.AcquisitionTime))
+        times.append(times_of[key])
     t0 = times[0]
-    table = pd.DataFrame({"frame": range(len(frames)), "time_s": [seconds_between(t0, t) for t in times],
+    seconds = [seconds_between(t0, t) for t in times]
+    if any(b <= a for a, b in zip(seconds, seconds[1:])):
+        raise InputDataError(patient, series.files[0], "two DCE frames have the same acquisition time", "export the DCE series with distinct frame times")
+    table = pd.DataFrame({"frame": range(len(frames)), "time_s": seconds,
                           "acquisition_time": [t.strftime("%H%M%S.%f") for t in times]})
     image = sitk.JoinSeries([to_image(grid_ref, f) for f in frames])  # type: ignore[arg-type]
-    return image, geometry_ref, table  # type: ignore[return-value]
+    return image, geometry_ref, table, warnings  # type: ignore[return-value]
 
 
 def _series_table(index: PatientIndex, roles: dict[str, str], reasons: dict[str, str], tracers: dict[str, str], uptake: dict[str, float]) -> pd.DataFrame:
@@ -208,10 +224,11 @@ def _write_dce(index: PatientIndex, roles: dict[str, str], out: Path, patient: s
     if "dce_ct" not in roles:
         meta["problems"]["dce_ct"] = "no series with this role"
         return
-    image, geometry, frames = _dce_image(index.series[roles["dce_ct"]], patient, policy)
+    image, geometry, frames, warnings = _dce_image(index.series[roles["dce_ct"]], patient, policy)
     sitk.WriteImage(image, str(out / "dce_ct.nii.gz"), useCompression=True)
     frames.to_csv(out / "dce_frames.tsv", sep="\t", index=False)
-    meta["images"]["dce_ct"] = {**geometry.summary(), "frames": len(frames)}
+    meta["images"]["dce_ct"] = {**geometry.summary(), "frames": len(frames), "warnings": warnings}
+    meta["warnings"].extend(warnings)
 
 
 def _write_masks(index: PatientIndex, roles: dict[str, str], out: Path, grid: ImageGrid, frame_uid: str, names: RoiNameMap, meta: dict[str, Any]) -> None:

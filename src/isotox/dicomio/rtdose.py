@@ -39,7 +39,15 @@ class DoseGrid:
 def read_rtdose(ds: Dataset, patient: str, path: str | Path) -> DoseGrid:
     if str(ds.get("DoseUnits", "GY")).upper() != "GY":
         raise InputDataError(patient, path, f"DoseUnits {ds.DoseUnits} is not GY (relative dose cannot be scaled)", "export the dose in Gy")
-    scaling = float(ds.get("DoseGridScaling", 1.0) or 1.0)
+    raw_scaling = ds.get("DoseGridScaling")
+    try:
+        scaling = float(raw_scaling) if raw_scaling not in (None, "") else float("nan")
+    except (TypeError, ValueError):
+        scaling = float("nan")
+    if not np.isfinite(scaling) or scaling <= 0:
+        # without it the stored integers are not Gy: taking 1 turns a 66 Gy plan into tens of thousands of Gy
+        raise InputDataError(patient, path, f"DoseGridScaling (3004,000E) is {'missing' if raw_scaling in (None, '') else repr(str(raw_scaling))}: "
+                             "the stored values cannot be converted to Gy", "export the RTDOSE again from the TPS")
     pixels = ds.pixel_array.astype(np.float64)
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     if frames == 1 and pixels.ndim == 2:

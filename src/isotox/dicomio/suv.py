@@ -83,6 +83,10 @@ def _get(ds: Dataset, keyword: str) -> Any:
 
 def _weight_kg(ds: Dataset, ctx: _Context, sources: dict[str, str], warnings: list[str]) -> float:
     weight = _get(ds, "PatientWeight")
+    try:
+        float(weight) if weight is not None else None
+    except (TypeError, ValueError):
+        raise ctx.fail(f"PatientWeight (0010,1030) is {str(weight)!r}, not a number in kg", "enter the weight as a number of kg in the PET header") from None
     if weight is None or float(weight) <= 0:
         raise ctx.fail(f"PatientWeight (0010,1030) is {'missing' if weight is None else weight}: body-weight SUV needs it",
                        "enter the patient's weight in kg in the PET header or the cohort sheet")
@@ -192,6 +196,19 @@ def suv_conversion(slices: list[Dataset], patient: str, file: str | Path) -> Suv
     first = slices[0]
     sources: dict[str, str] = {}
     warnings: list[str] = []
+    with_slope = sum(1 for ds in slices if _get(ds, "RescaleSlope") is not None)
+    if 0 < with_slope < len(slices):
+        # a missing slope on one slice would silently be taken as 1 (SUV off by the slope ratio there)
+        raise ctx.fail(f"RescaleSlope (0028,1053) is missing on {len(slices) - with_slope} of {len(slices)} slices",
+                       "export the PET series again: every slice needs its own RescaleSlope")
+    for ds in slices:
+        for keyword in ("RescaleSlope", "RescaleIntercept"):
+            value = _get(ds, keyword)
+            try:
+                float(value) if value is not None else 0.0
+            except (TypeError, ValueError):
+                raise ctx.fail(f"{keyword} is {str(value)!r}, not a number (instance {ds.get('SOPInstanceUID', '?')})",
+                               "export the PET series again") from None
     units = str(_get(first, "Units") or "").upper()
     if not units:
         raise ctx.fail("Units (0054,1001) is missing", "the PET series must state its pixel units (BQML expected)")
@@ -230,7 +247,11 @@ def suv_conversion(slices: list[Dataset], patient: str, file: str | Path) -> Suv
     decay: float | None = None
     if decay_correction == "START":
         reference, ref_source = _reference_time(slices, half_life, ctx, sources)
-        decay = math.exp(-lam * seconds_between(injection, reference))
+        elapsed = seconds_between(injection, reference)
+        if elapsed < 0:
+            raise ctx.fail(f"the injection ({injection.isoformat()}) is after the scan reference time ({reference.isoformat()}, {ref_source})",
+                           "correct RadiopharmaceuticalStartDateTime/StartTime or the scan date in the PET header")
+        decay = math.exp(-lam * elapsed)
         per_slice_dose = np.full(n, dose * decay)
     elif decay_correction == "ADMIN":
         ref_source, per_slice_dose = "administration (no decay)", np.full(n, dose)

@@ -19,6 +19,12 @@ from isotox.dicomio.rtdose import DoseGrid
 from isotox.errors import InputDataError
 from isotox.geometry import ImageGrid
 
+#: Largest plausible plan maximum (Gy): above it the file's scaling is wrong (x1000 scaling, a cGy grid
+#: labelled GY). 150 Gy exceeds any external-beam plan's hot spot, including SBRT (60 Gy x 1.5).
+MAX_PLAUSIBLE_PLAN_GY = 150.0
+#: Largest plausible maximum of one fraction (SBRT single fractions reach 34 Gy; x1.5 hot spot).
+MAX_PLAUSIBLE_FRACTION_GY = 51.0
+
 #: Summation types that are the dose of a whole plan (or one fraction of it) and so can be a base plan.
 USABLE_SUMMATION = {"PLAN": "the whole plan", "FRACTION": "one fraction of the plan (the plan's shape is used, normalised to the PTV)"}
 _REFUSED_SUMMATION = {
@@ -49,6 +55,13 @@ def check_tps_dose(dose: DoseGrid, patient: str, path: str | Path, *, planning_f
                              "export the PHYSICAL dose")
     if dose_type == "EFFECTIVE":
         notes.append("DoseType EFFECTIVE accepted by ingest.accept_effective_dose")
+    peak = float(dose.dose_gy.max()) if dose.dose_gy.size else 0.0
+    ceiling = MAX_PLAUSIBLE_FRACTION_GY if summation == "FRACTION" else MAX_PLAUSIBLE_PLAN_GY
+    if not peak > 0:
+        raise InputDataError(patient, path, "the RTDOSE is zero everywhere", "export the calculated dose of the plan")
+    if peak > ceiling:
+        raise InputDataError(patient, path, f"the RTDOSE maximum is {peak:,.1f} Gy, above the plausible {ceiling:g} Gy for a {summation} dose "
+                             "(DoseGridScaling wrong by a factor, or cGy labelled GY)", "export the RTDOSE again from the TPS, in Gy")
     if dose.frame_of_reference and planning_frame and dose.frame_of_reference != planning_frame:
         raise InputDataError(patient, path, f"the RTDOSE is on frame of reference {dose.frame_of_reference}, the planning CT on {planning_frame}",
                              "export the dose calculated on this planning CT (or name the right CT with series_roles=planning_ct=UID)")

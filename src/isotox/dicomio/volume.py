@@ -91,9 +91,16 @@ def slice_geometry(slices: list[Dataset], paths: list[str], patient: str, policy
         kept.append(idx)
     pos = positions[kept]
     pixel = slices[kept[0]].get("PixelSpacing")
-    if pixel is None:
-        raise InputDataError(patient, first_path, "PixelSpacing (0028,0030) is missing", "re-export the series with its pixel spacing")
+    if pixel is None or len(pixel) != 2:
+        raise InputDataError(patient, first_path, "PixelSpacing (0028,0030) is missing or malformed", "re-export the series with its pixel spacing")
     spacing_ij = (float(pixel[1]), float(pixel[0]))
+    if min(spacing_ij) <= 0:
+        raise InputDataError(patient, first_path, f"PixelSpacing (0028,0030) is {list(pixel)}: a pixel must have a size", "re-export the series")
+    other = sorted({tuple(round(float(v), 4) for v in (ds.get("PixelSpacing") or ())) for ds in slices} - {(round(spacing_ij[1], 4), round(spacing_ij[0], 4))})
+    if other:
+        # one series with two pixel sizes is two reconstructions under one UID: stacking them would misplace voxels
+        raise InputDataError(patient, first_path, f"slices of one series have different PixelSpacing ({list(pixel)} and {', '.join(map(str, other))})",
+                             "split the series, or name the right one in the cohort sheet (series_roles)")
 
     steps = np.diff(pos @ normal)
     tilt = 0.0
