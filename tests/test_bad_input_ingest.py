@@ -136,3 +136,49 @@ def test_dce_frames_at_the_same_time_are_refused(tmp_path: Path) -> None:
     _dce(patient, ["083000", "083003", "083003", "083009"])
     meta = _ingest(patient, tmp_path / "out")
     assert "same acquisition time" in meta["problems"]["dce_ct"]
+
+
+def _structures_file(patient: Path) -> Path:
+    return patient / "rt" / "rs.dcm"
+
+
+def _gtv_contours(ds: pydicom.Dataset) -> list:
+    number = next(int(r.ROINumber) for r in ds.StructureSetROISequence if r.ROIName == "GTV")
+    return next(c for c in ds.ROIContourSequence if int(c.ReferencedROINumber) == number).ContourSequence
+
+
+@pytest.mark.parametrize(("damage", "message"), [
+    ("two_points", "1 contour(s) with fewer than 3 points"),
+    ("figure_eight", "1 self-intersecting contour(s)"),
+    ("not_triplets", "ContourData values, not (x, y, z) triplets: dropped"),
+])
+def test_damaged_contours_are_reported(tmp_path: Path, damage: str, message: str) -> None:
+    """Old behaviour: a 2-point or self-intersecting contour silently changed the GTV volume; ContourData
+    not in triplets ended the RTSTRUCT with 'cannot reshape array of size 533 into shape (3)'."""
+    patient = build_patient(tmp_path / "dicom", dose=False)
+
+    def change(ds: pydicom.Dataset) -> None:
+        contour = _gtv_contours(ds)[len(_gtv_contours(ds)) // 2]
+        points = np.asarray([float(v) for v in contour.ContourData]).reshape(-1, 3)
+        if damage == "two_points":
+            contour.ContourData, contour.NumberOfContourPoints = [f"{v:.3f}" for v in points[:2].ravel()], 2
+        elif damage == "figure_eight":  # swap two far-apart vertices: the outline crosses itself
+            n = len(points)
+            points[[n // 4, 3 * n // 4]] = points[[3 * n // 4, n // 4]]
+            contour.ContourData = [f"{v:.3f}" for v in points.ravel()]
+        else:
+            contour.ContourData = [f"{v:.3f}" for v in points.ravel()][:-1]
+    _edit([_structures_file(patient)], change)
+    meta = _ingest(patient, tmp_path / "out")
+    assert any("GTV" in w and message in w for w in meta["warnings"]), meta["warnings"]
+    assert "GTV" in meta["structures"]
+
+
+def test_self_intersection_count_on_known_polygons() -> None:
+    """A square has none; a bow-tie (figure-of-eight) has exactly one crossing; a star pentagram five."""
+    from isotox.dicomio.rtstruct_reader import self_intersections
+
+    assert self_intersections(np.array([[0, 0], [1, 0], [1, 1], [0, 1]], float)) == 0
+    assert self_intersections(np.array([[0, 0], [1, 1], [1, 0], [0, 1]], float)) == 1
+    angles = np.radians(90 + 144 * np.arange(5))
+    assert self_intersections(np.c_[np.cos(angles), np.sin(angles)]) == 5

@@ -57,6 +57,38 @@ def _polygon_mask(shape: tuple[int, int], ij: NDArray[np.float64]) -> NDArray[np
     return out
 
 
+#: Contours with more points are not checked for self-intersection (the check is quadratic).
+MAX_POINTS_CHECKED = 4000
+
+
+def self_intersections(xy: NDArray[np.float64]) -> int:
+    """Number of proper crossings between non-adjacent edges of the closed polygon ``xy`` (N, 2).
+
+    Why: a self-intersecting contour (a figure-of-eight from a slipped drawing tool) fills a different
+    area under the even-odd rule than the observer meant; the volume changes without a word unless
+    it is detected. Touching edges (shared vertices) are not counted, only strict crossings."""
+    n = len(xy)
+    if n < 4 or n > MAX_POINTS_CHECKED:
+        return 0
+    a, b = xy, np.roll(xy, -1, axis=0)
+    d = b - a
+
+    def orient(p: NDArray[np.float64], q: NDArray[np.float64], r: NDArray[np.float64]) -> NDArray[np.float64]:
+        return (q[..., 0] - p[..., 0]) * (r[..., 1] - p[..., 1]) - (q[..., 1] - p[..., 1]) * (r[..., 0] - p[..., 0])
+
+    count = 0
+    for i in range(n - 2):  # edge i against edges i+2 .. n-1 (and not the closing neighbour of edge 0)
+        j = np.arange(i + 2, n if i > 0 else n - 1)
+        if j.size == 0:
+            continue
+        p, q = a[i][None], b[i][None]
+        o1, o2 = orient(p, q, a[j]), orient(p, q, b[j])
+        o3 = d[j, 0] * (p[:, 1] - a[j, 1]) - d[j, 1] * (p[:, 0] - a[j, 0])
+        o4 = d[j, 0] * (q[:, 1] - a[j, 1]) - d[j, 1] * (q[:, 0] - a[j, 0])
+        count += int(np.sum((o1 * o2 < 0) & (o3 * o4 < 0)))
+    return count
+
+
 def contours_to_mask(grid: ImageGrid, contours: list[NDArray[np.float64]], warnings: list[str], roi_name: str) -> NDArray[np.bool_]:
     """Rasterise planar contours ((N, 3) LPS points each) on ``grid`` with the even-odd rule."""
     mask = np.zeros(grid.shape, dtype=bool)
@@ -109,12 +141,24 @@ def read_structure_set(rs: Dataset, grid: ImageGrid, frame_of_reference: str, na
         else:
             seen[canonical] = name
         polygons = []
-        for c in contours_by_roi.get(number, Dataset()).get("ContourSequence", []):
+        dropped, crossing = 0, 0
+        for index, c in enumerate(contours_by_roi.get(number, Dataset()).get("ContourSequence", [])):
             if str(c.get("ContourGeometricType", "CLOSED_PLANAR")) != "CLOSED_PLANAR":
                 continue
-            data = np.asarray([float(v) for v in c.ContourData]).reshape(-1, 3)
-            if len(data) >= 3:
-                polygons.append(data)
+            values = np.asarray([float(v) for v in (c.get("ContourData") or [])])
+            if values.size % 3:
+                roi_warnings.append(f"{name}: contour {index + 1} has {values.size} ContourData values, not (x, y, z) triplets: dropped")
+                continue
+            data = values.reshape(-1, 3)
+            if len(data) < 3:
+                dropped += 1
+                continue
+            crossing += self_intersections(data[:, :2]) > 0
+            polygons.append(data)
+        if dropped:
+            roi_warnings.append(f"{name}: {dropped} contour(s) with fewer than 3 points (not an area): dropped")
+        if crossing:
+            roi_warnings.append(f"{name}: {crossing} self-intersecting contour(s): filled by the even-odd rule, the volume may differ from the drawing")
         if not polygons:
             roi_warnings.append(f"{name}: empty ROI (no closed planar contours)")
         mask = contours_to_mask(grid, polygons, roi_warnings, name)
