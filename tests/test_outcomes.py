@@ -255,7 +255,8 @@ def test_outcomes_cli_on_the_sample_cohort(sample_run: Path, tmp_path: Path) -> 
     assert summary["simon_monitor"]["decision"] in ("continue", "stop", "wait")
     survival = pd.read_csv(out / "survival.tsv", sep="\t")
     assert set(survival["endpoint"]) == {"OS", "PFS", "TTP", "LC", "LPFS"}
-    assert (out / "km_LPFS.png").stat().st_size > 10_000 and (out / "cumulative_incidence.tsv").exists()
+    assert (out / "km_LPFS.png").stat().st_size > 10_000 and (out / "local_failure.tsv").exists()
+    assert summary["primary_endpoint"]["kind"] == "safety" and (out / "outcomes_report.html").exists()
     scores = pd.read_csv(out / "qol_scores.tsv", sep="\t")
     assert scores[["QL2", "PF2", "LCDY"]].stack().between(0, 100).all()
 

@@ -30,6 +30,9 @@ rule outcomes:
         patients=f"{RESULTS}/cohort/patients.tsv",
     output:
         summary=f"{OUTCOMES}/summary.json",
+        report_page=report(f"{OUTCOMES}/outcomes_report.html", caption="../report/outcomes_report.rst", category="Primary endpoint"),
+        primary=report(f"{OUTCOMES}/primary_endpoint.tsv", caption="../report/primary.rst", category="Primary endpoint"),
+        local_failure=report(f"{OUTCOMES}/local_failure.tsv", caption="../report/local_failure.rst", category="Survival"),
         survival=report(f"{OUTCOMES}/survival.tsv", caption="../report/survival.rst", category="Survival"),
         km_lpfs=report(f"{OUTCOMES}/km_LPFS.png", caption="../report/km.rst", category="Survival", subcategory="Kaplan-Meier", labels={"endpoint": "LPFS (primary)"}),
         km_os=report(f"{OUTCOMES}/km_OS.png", caption="../report/km.rst", category="Survival", subcategory="Kaplan-Meier", labels={"endpoint": "OS"}),
@@ -39,6 +42,8 @@ rule outcomes:
         logrank=f"{OUTCOMES}/logrank.tsv",
         toxicity=report(f"{OUTCOMES}/toxicity.png", caption="../report/toxicity.rst", category="Toxicity"),
         toxicity_fits=f"{OUTCOMES}/toxicity_fits.tsv",
+        toxicity_ntcp=report(f"{OUTCOMES}/toxicity_ntcp.tsv", caption="../report/toxicity_ntcp.rst", category="Toxicity"),
+        evaluability=report(f"{OUTCOMES}/toxicity_evaluability.tsv", caption="../report/evaluability.rst", category="Simon monitor"),
         simon=report(f"{OUTCOMES}/simon.tsv", caption="../report/simon.rst", category="Simon monitor"),
         feasibility=report(f"{OUTCOMES}/feasibility.tsv", caption="../report/feasibility.rst", category="Cohort tables"),
         qol=report(f"{OUTCOMES}/qol.png", caption="../report/qol.rst", category="Quality of life"),

@@ -9,6 +9,10 @@ Times are in months (days / 30.4375) from the protocol's time origin (``registra
 * LC (local control): local progression; death and last follow-up censor.
 * LPFS: local progression, or death when ``death_in_local_progression: event``; with
   ``competing`` death is a competing event (code 2, for cumulative incidence) and KM censors it.
+* LF (local failure, competing risks): local progression (1); death without it competes (2).
+  Written whatever the protocol's LPFS rule: the probability of local failure by a landmark is
+  the Aalen-Johansen cumulative incidence of code 1 whenever patients can die first. Not a
+  Kaplan-Meier endpoint (so not in ``ENDPOINTS``).
 
 Impossible dates are *reported* per patient (an event before the origin, after the last
 follow-up, or a progression after death) and that patient's affected endpoints are left empty;
@@ -55,7 +59,7 @@ def _first(r: pd.Series, columns: tuple[str, ...]) -> pd.Timestamp | None:
 
 
 def endpoint_table(rows: pd.DataFrame, time_origin: str = "registration", death_in_local_progression: str = "event") -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Per patient: ``{EP}_months`` and ``{EP}_event`` (1 event, 0 censored, 2 competing death for LPFS).
+    """Per patient: ``{EP}_months`` and ``{EP}_event`` (1 event, 0 censored, 2 competing death for LPFS and LF).
 
     Returns (table, problems). Patients with an impossible date have NaN for the endpoints that
     the date enters.
@@ -74,6 +78,7 @@ def endpoint_table(rows: pd.DataFrame, time_origin: str = "registration", death_
             "TTP": (PROGRESSION, False, False),
             "LC": (("local_progression_date",), False, False),
             "LPFS": (("local_progression_date", "death_date"), death_in_local_progression == "event", death_in_local_progression == "competing"),
+            "LF": (("local_progression_date", "death_date"), False, True),
         }
         bad = bad_columns.get(pid, set())
         for name, (columns, death_is_event, death_competes) in definitions.items():

@@ -10,6 +10,7 @@ smallest r with type I error <= alpha is taken, and the design is admissible whe
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 from scipy.stats import binom
@@ -97,8 +98,77 @@ def smallest_r(r1: int, n1: int, n: int, p0: float, alpha: float) -> int:
 
 
 def monitor(responses_stage1: int, enrolled: int, r1: int, n1: int) -> str:
-    """The decision after the first stage: 'continue', 'stop' or 'wait' (fewer than n1 evaluable)."""
+    """The decision after the first stage: 'continue', 'stop' or 'wait' (fewer than n1 evaluable).
+
+    Decided as soon as it is certain, either way: responses only accumulate, so more than r1
+    already means 'continue' (isotox used to wait for all n1 even then).
+    """
+    if responses_stage1 > r1:
+        return "continue"
     if enrolled < n1:
         # stop already certain if even all remaining patients responding cannot exceed r1
         return "stop" if responses_stage1 + (n1 - enrolled) <= r1 else "wait"
     return "stop" if responses_stage1 <= r1 else "continue"
+
+
+def final_decision(responses: int, evaluable: int, r: int, n: int) -> str:
+    """The decision on all n patients: 'promising' (more than r responses), 'not promising', or
+    'wait'. Decided early when the remaining patients can no longer change it."""
+    if responses > r:
+        return "promising"  # responses only accumulate
+    if responses + (n - evaluable) <= r:
+        return "not promising"
+    return "wait"
+
+
+def _rule(d: Design) -> str:
+    return f"{d.r1}/{d.n1}, {d.r}/{d.n}"
+
+
+def assess_protocol_design(s: dict[str, Any]) -> dict[str, Any]:
+    """The protocol's own Simon rule, its operating characteristics, and whether it is the design it claims.
+
+    ``s`` is the protocol's ``safety.simon`` section. The final cut-off ``r`` is taken from it when
+    stated, else the smallest r keeping the type I error within ``alpha`` (said so in the flags).
+    ``flags`` are sentences for the report: every way the rule falls short of what the protocol
+    says of it (alpha, power, optimality, the sidedness of alpha), none when it is what it claims;
+    ``notes`` say what isotox filled in (a final cut-off the protocol does not state).
+    """
+    p0, p1, alpha, power = s["p0"], s["p1"], s["alpha"], s["power"]
+    optimal, minimax = optimal_and_minimax(p0, p1, alpha, power)
+    r = s.get("r", smallest_r(s["r1"], s["n1"], s["n"], p0, alpha))
+    own = evaluate(s["r1"], s["n1"], r, s["n"], p0, p1)
+    flags: list[str] = []
+    notes: list[str] = []
+    if "r" not in s:
+        notes.append(f"The protocol states no final cut-off; isotox takes r = {r}, the smallest that keeps the type I error within {alpha:g}.")
+    if own.alpha > alpha + 1e-12:
+        flags.append(f"Type I error of {_rule(own)} is {own.alpha:.3f}, above the stated {alpha:g}.")
+    if own.power < power - 1e-12:
+        flags.append(f"Power of {_rule(own)} is {own.power:.3f} at p1 = {p1:g}, below the stated {power:g}.")
+        meets = [k for k in range(s["r1"], s["n"] + 1) if (d := evaluate(s["r1"], s["n1"], k, s["n"], p0, p1)).alpha <= alpha + 1e-12 and d.power >= power - 1e-12]
+        if not meets:
+            flags.append(f"No final cut-off r with {s['r1']}/{s['n1']} and n = {s['n']} meets both alpha <= {alpha:g} and power >= {power:g}.")
+    is_optimal = (own.r1, own.n1, own.r, own.n) == (optimal.r1, optimal.n1, optimal.r, optimal.n)
+    is_minimax = (own.r1, own.n1, own.r, own.n) == (minimax.r1, minimax.n1, minimax.r, minimax.n)
+    claimed = s.get("claimed_design")
+    if claimed == "optimal" and not is_optimal:
+        flags.append(f"The protocol calls its rule Simon's optimal design; for p0 = {p0:g}, p1 = {p1:g}, alpha = {alpha:g}, power = {power:g} "
+                     f"the optimal design is {_rule(optimal)} (EN0 {optimal.en0:.1f}), not {_rule(own)} (EN0 {own.en0:.1f}).")
+    if claimed == "minimax" and not is_minimax:
+        flags.append(f"The protocol calls its rule Simon's minimax design; the minimax design is {_rule(minimax)}, not {_rule(own)}.")
+    one_sided = None
+    if s.get("alpha_stated_as") == "two-sided":
+        half = alpha / 2.0
+        try:
+            r_half = smallest_r(s["r1"], s["n1"], s["n"], p0, half)
+            one_sided = evaluate(s["r1"], s["n1"], r_half, s["n"], p0, p1)
+            flags.append(f"The protocol states alpha {alpha:g} as two-sided; Simon designs are one-sided and isotox uses {alpha:g} as the one-sided error. "
+                         f"Read as one-sided {half:g}, the final cut-off would be {r_half}/{s['n']} with power {one_sided.power:.3f}.")
+        except ValueError as exc:
+            flags.append(f"The protocol states alpha {alpha:g} as two-sided; read as one-sided {half:g}: {exc}.")
+    return {"p0": p0, "p1": p1, "alpha": alpha, "power": power, "claimed_design": claimed,
+            "protocol_design": own.as_dict(), "protocol_design_meets_alpha": own.alpha <= alpha + 1e-12,
+            "protocol_design_meets_power": own.power >= power - 1e-12, "protocol_design_is_optimal": is_optimal,
+            "protocol_design_is_minimax": is_minimax, "protocol_design_if_alpha_two_sided": one_sided.as_dict() if one_sided else None,
+            "optimal": optimal.as_dict(), "minimax": minimax.as_dict(), "flags": flags, "notes": notes}

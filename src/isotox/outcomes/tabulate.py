@@ -6,13 +6,17 @@
 ``endpoints.tsv``           per patient: months and event code of OS, PFS, TTP, LC, LPFS
 ``survival.tsv``            per endpoint and group: n, events, median (95 % CI; empty = not reached), estimate at each landmark (95 % CI, at risk)
 ``logrank.tsv``             per endpoint: log-rank chi-square, df, p between arms
-``cumulative_incidence.tsv`` LPFS with death competing (Aalen-Johansen), when the protocol says so
+``primary_endpoint.tsv``    the protocol's primary endpoint as it defines it (``isotox.outcomes.primary``)
+``local_failure.tsv``       local failure by each landmark: Aalen-Johansen (death competing) and 1 - KM (deaths censored), named
+``toxicity_ntcp.tsv``       observed rate of each NTCP model's own endpoint next to its mean predicted NTCP
+``toxicity_evaluability.tsv`` per patient: serious toxicity, evaluable / pending / not evaluable and why
 ``km_{endpoint}.png``       KM curves per arm with numbers at risk
 ``toxicity_fits.tsv``, ``toxicity_bins.tsv``, ``toxicity.png``  toxicity vs dose/volume (when dose columns exist)
-``simon.tsv``, ``simon.json`` optimal/minimax designs, the protocol's own rule, the monitor decision
+``simon.tsv``, ``simon.json`` optimal/minimax designs, the protocol's own rule and its flags, the monitor decisions
 ``feasibility.tsv``         proportion with the 72 Gy whole-tumour boost feasible (exact CI); dose per arm
 ``qol_scores.tsv``, ``qol_change.tsv``, ``qol_summary.tsv``, ``qol.png``  EORTC scales
 ``summary.json``            the headline numbers (primary endpoint first)
+``outcomes_report.html``    the report: primary endpoint, Simon design flags and monitor, local failure, toxicity vs NTCP
 """
 
 from __future__ import annotations
@@ -32,24 +36,15 @@ import pandas as pd  # noqa: E402
 from isotox.atomic import atomic_path  # noqa: E402
 from isotox.errors import ConfigError  # noqa: E402
 from isotox.outcomes import qol as qol_scoring  # noqa: E402
-from isotox.outcomes import simon  # noqa: E402
 from isotox.outcomes.clinical import ClinicalTable, read_clinical  # noqa: E402
 from isotox.outcomes.endpoints import ENDPOINTS, endpoint_table  # noqa: E402
-from isotox.outcomes.survival import cumulative_incidence, kaplan_meier, km_plot, logrank  # noqa: E402
-from isotox.outcomes.toxicity import exact_ci, toxicity_tables  # noqa: E402
+from isotox.outcomes.primary import RANDOMIZED_ARMS, primary_endpoint_table  # noqa: E402
+from isotox.outcomes.report import write_report  # noqa: E402
+from isotox.outcomes.safety import assess_safety  # noqa: E402
+from isotox.outcomes.survival import kaplan_meier, km_plot, local_failure, logrank  # noqa: E402
+from isotox.outcomes.toxicity import exact_ci, observed_vs_predicted, toxicity_tables  # noqa: E402
 
 log = logging.getLogger(__name__)
-RANDOMIZED_ARMS = ("A", "B")
-
-
-def serious_toxicity(rows: pd.DataFrame, rule: dict[str, Any]) -> pd.Series:
-    """The protocol's serious toxicity: pneumonitis >= grade p, oesophagitis >= grade e, or
-    oesophagitis >= grade i with an RT interruption longer than d days."""
-    pneu = rows.get("pneumonitis_grade", pd.Series(0, index=rows.index)).fillna(0).astype(int)
-    eso = rows.get("esophagitis_grade", pd.Series(0, index=rows.index)).fillna(0).astype(int)
-    pause = rows.get("rt_interruption_days", pd.Series(0, index=rows.index)).fillna(0).astype(int)
-    return ((pneu >= rule["pneumonitis_min_grade"]) | (eso >= rule["esophagitis_min_grade"])
-            | ((eso >= rule["esophagitis_interruption_grade"]) & (pause > rule["esophagitis_interruption_days"])))
 
 
 def _survival(endpoints: pd.DataFrame, arms: pd.Series, landmarks_years: list[float], out: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -79,6 +74,15 @@ def _survival(endpoints: pd.DataFrame, arms: pd.Series, landmarks_years: list[fl
         shown = [f for label, f in fits.items() if label != "all"] or list(fits.values())  # per arm, else the whole cohort
         km_plot(shown, f"{name} (Kaplan-Meier, 95 % CI log-log)", str(out / f"km_{name}.png"))
     return pd.DataFrame(rows), pd.DataFrame(tests)
+
+
+def _local_failure(endpoints: pd.DataFrame, landmarks_years: list[float]) -> pd.DataFrame:
+    """Both local-failure estimators, by name, for the whole cohort (a note row when nobody is evaluable)."""
+    ok = endpoints["LF_months"].notna() & endpoints["LF_event"].notna() if len(endpoints) else pd.Series(dtype=bool)
+    if not ok.any():
+        return pd.DataFrame([{"estimator": "local failure", "note": "no evaluable patients (see problems.tsv)"}])
+    table = local_failure(endpoints.loc[ok, "LF_months"], endpoints.loc[ok, "LF_event"], [12.0 * y for y in landmarks_years])
+    return table.rename(columns={"time": "months"}).assign(years=lambda t: t["months"] / 12.0)
 
 
 def _feasibility(rows: pd.DataFrame, patients: pd.DataFrame | None) -> pd.DataFrame:
@@ -118,25 +122,11 @@ def _feasibility(rows: pd.DataFrame, patients: pd.DataFrame | None) -> pd.DataFr
     return pd.DataFrame(out)
 
 
-def _simon(rows: pd.DataFrame, protocol: dict[str, Any]) -> dict[str, Any]:
-    safety = protocol.get("safety", {})
-    if "simon" not in safety:
+def _simon_json(safety: dict[str, Any] | None) -> dict[str, Any]:
+    """simon.json: the design check and the monitor (JSON-ready), or a note."""
+    if safety is None or "design" not in safety:
         return {"note": "the protocol has no Simon two-stage section"}
-    s = safety["simon"]
-    optimal, minimax = simon.optimal_and_minimax(s["p0"], s["p1"], s["alpha"], s["power"])
-    r = s.get("r", simon.smallest_r(s["r1"], s["n1"], s["n"], s["p0"], s["alpha"]))
-    own = simon.evaluate(s["r1"], s["n1"], r, s["n"], s["p0"], s["p1"])
-    order = rows.sort_values("registration_date") if "registration_date" in rows else rows
-    first = order.head(s["n1"])
-    free = int((~serious_toxicity(first, safety["serious_toxicity"])).sum())
-    is_optimal = (own.r1, own.n1, own.r, own.n) == (optimal.r1, optimal.n1, optimal.r, optimal.n)
-    return {"p0": s["p0"], "p1": s["p1"], "alpha": s["alpha"], "power": s["power"],
-            "protocol_design": own.as_dict(), "protocol_design_meets_alpha": own.alpha <= s["alpha"] + 1e-12,
-            "protocol_design_meets_power": own.power >= s["power"] - 1e-12, "protocol_design_is_optimal": is_optimal,
-            "optimal": optimal.as_dict(), "minimax": minimax.as_dict(),
-            "monitor": {"stage1_patients": int(len(first)), "free_of_serious_toxicity": free,
-                        "serious_toxicities": int(len(first) - free),
-                        "decision": simon.monitor(free, int(len(first)), s["r1"], s["n1"])}}
+    return {**safety["design"], "monitor": safety["monitor"]}
 
 
 def _qol(answers: pd.DataFrame, arms: pd.Series, out: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
@@ -199,18 +189,24 @@ def tabulate_outcomes(clinical: str | Path | ClinicalTable, out_dir: str | Path,
         surv, tests = _survival(endpoints, arms, endpoints_cfg.get("landmarks_years", [1, 3, 5]), out)
         surv.to_csv(out / "survival.tsv", sep="\t", index=False, float_format="%.4f")
         tests.to_csv(out / "logrank.tsv", sep="\t", index=False, float_format="%.4g")
-        if endpoints_cfg.get("death_in_local_progression") == "competing":
-            ok = endpoints["LPFS_months"].notna()
-            cumulative_incidence(endpoints.loc[ok, "LPFS_months"], endpoints.loc[ok, "LPFS_event"], [12.0 * y for y in endpoints_cfg.get("landmarks_years", [1, 3, 5])]) \
-                .assign(endpoint="local progression (death competing)").to_csv(out / "cumulative_incidence.tsv", sep="\t", index=False, float_format="%.4f")
-        fits, bins = toxicity_tables(merged)
+        failure = _local_failure(endpoints, endpoints_cfg.get("landmarks_years", [1, 3, 5]))
+        failure.to_csv(out / "local_failure.tsv", sep="\t", index=False, float_format="%.4f")
+        window = protocol.get("safety", {}).get("toxicity_window")
+        fits, bins = toxicity_tables(merged, protocol.get("ntcp"), window)
         fits.to_csv(out / "toxicity_fits.tsv", sep="\t", index=False, float_format="%.4g")
         bins.to_csv(out / "toxicity_bins.tsv", sep="\t", index=False, float_format="%.4g")
+        versus = observed_vs_predicted(merged, protocol.get("ntcp"), window)
+        versus.to_csv(out / "toxicity_ntcp.tsv", sep="\t", index=False, float_format="%.4g")
         _toxicity_plot(bins, out / "toxicity.png")
-        simon_result = _simon(rows, protocol)
+        safety = assess_safety(rows, protocol)
+        evaluability = safety["status"].reset_index() if safety else pd.DataFrame(columns=["patient_id", "status", "reason"])
+        evaluability.to_csv(out / "toxicity_evaluability.tsv", sep="\t", index=False, date_format="%Y-%m-%d")
+        simon_result = _simon_json(safety)
         (out / "simon.json").write_text(json.dumps(simon_result, indent=2) + "\n", encoding="utf-8")
-        designs = [{"design": k, **v} for k, v in simon_result.items() if k in ("protocol_design", "optimal", "minimax")]
+        designs = [{"design": k, **v} for k, v in simon_result.items() if k in ("protocol_design", "protocol_design_if_alpha_two_sided", "optimal", "minimax") and v]
         pd.DataFrame(designs).to_csv(out / "simon.tsv", sep="\t", index=False, float_format="%.4f")
+        primary = primary_endpoint_table(protocol, endpoints, arms, safety)
+        primary.to_csv(out / "primary_endpoint.tsv", sep="\t", index=False, float_format="%.4f")
         _feasibility(rows, patient_table).to_csv(out / "feasibility.tsv", sep="\t", index=False, float_format="%.4f")
         all_problems = [table.problems.assign(source="clinical row"), date_problems.assign(source="dates")]
         if qol is not None:
@@ -228,13 +224,15 @@ def tabulate_outcomes(clinical: str | Path | ClinicalTable, out_dir: str | Path,
             fig.savefig(out / "qol.png", dpi=90)
             plt.close(fig)
         pd.concat(all_problems, ignore_index=True).to_csv(out / "problems.tsv", sep="\t", index=False)
-        primary = surv[(surv["endpoint"] == "LPFS") & (surv["group"] == "all")] if len(surv) else surv
-        if len(primary):
-            p = primary.iloc[0]
-            summary["primary_lpfs_1y"] = {"estimate": p.get("1y_estimate"), "ci_low": p.get("1y_ci_low"), "ci_high": p.get("1y_ci_high"), "ci_method": "Greenwood, log(-log) transform"}
+        spec = protocol.get("primary_endpoint") or {}
+        summary["primary_endpoint"] = {"kind": spec.get("kind"), "description": spec.get("description"),
+                                       "rows": json.loads(primary.to_json(orient="records"))}
         summary["simon_monitor"] = simon_result.get("monitor")
+        summary["simon_design_flags"] = simon_result.get("flags", [])
         summary["problems"] = int(sum(len(p) for p in all_problems))
         (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float) + "\n", encoding="utf-8")
+        write_report(out / "outcomes_report.html", protocol, primary=primary, simon_result=simon_result, evaluability=evaluability,
+                     local_failure=failure, toxicity_ntcp=versus, problems=summary["problems"])
     for _, problem in table.problems.iterrows():
         log.warning("%s: column %s: %s (row left out)", problem["patient_id"], problem["column"], problem["problem"])
     return summary
