@@ -8,9 +8,12 @@ be worked out by hand from the constraint limits.
 from __future__ import annotations
 
 import copy
+import json
+import re
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from isotox.dose.dvh import StructureSamples
@@ -54,14 +57,16 @@ def _eqd2(total: float, n: int = N, ab: float = 10.0) -> float:
 
 def test_randomized_boost_is_escalated_past_72_gy_to_the_ceiling() -> None:
     """Old behaviour: max_total_gy 72 = test_total_gy, so every randomized boost stopped at 72 Gy.
-    With no organ near a limit the boost reaches the protocol ceiling (3.6 Gy x 24 = 86.4 Gy, snapped
-    to the 0.5 Gy step: 86.0 Gy) and says the ceiling stopped it. Nearest wrong answer: 72 Gy."""
+    With no organ near a limit the boost reaches the protocol ceiling, 3.6 Gy x 24 = 86.4 Gy, itself a
+    candidate although it is off the 0.5 Gy step grid from 72 Gy, and says the ceiling stopped it.
+    Nearest wrong answers: 72 Gy (old cap), and 86.0 Gy (the grid stopping short of the ceiling it
+    reports: first version of the ceiling)."""
     protocol = load_protocol("pet_boost")
     samples = _world(esophagus_boost=0.0)
     out = pet_boost_search({"A": samples, "B": samples}, protocol, "B")
     assert out["randomized"] and boost_ceiling_gy(protocol) == pytest.approx(86.4)
-    assert out["boost_total_gy"] == pytest.approx(86.0)
-    assert out["boost_dose_per_fraction_gy"] == pytest.approx(86.0 / 24)
+    assert out["boost_total_gy"] == pytest.approx(86.4)
+    assert out["boost_dose_per_fraction_gy"] == pytest.approx(3.6)
     assert out["boost_stopped_by"] == "protocol ceiling (86.4 Gy)"
 
 
@@ -150,3 +155,116 @@ def test_sample_has_one_randomisation_list() -> None:
     for _, row in clinical.iterrows():
         if row["arm"] != "not_randomized":
             assert row["arm"] == sample_allocation(int(row["patient_id"][-3:]), 20240101), row["patient_id"]
+
+
+# ---------------------------------------------------------- the allocation the plan applies --------
+def _per_arm(esophagus_boost_a: float, esophagus_boost_b: float) -> dict[str, StructureSamples]:
+    """Samples with plans (base, boost_A, boost_B) whose boost plans differ in the oesophagus dose."""
+    a, b = _world(esophagus_boost_a), _world(esophagus_boost_b)
+    return {k: StructureSamples(k, [a[k].doses[0], a[k].doses[1], b[k].doses[1]], a[k].volume_cc, 0.0) for k in a}
+
+
+def test_recorded_not_randomized_is_followed_even_when_the_test_passes() -> None:
+    """Old behaviour: a patient the cohort sheet records as not randomized was treated as 'no arm
+    allocated'; when isotox's 72 Gy test passed he got no plan at all (awaiting randomisation),
+    while the outcome tables counted him as not randomized. Now the plan follows the record: the
+    highest isotoxic dose <= 66 Gy, no boost, and says that isotox's test disagrees. Nearest wrong
+    answers: no plan, or a boosted plan."""
+    protocol = load_protocol("pet_boost")
+    p = prescribe(_three(_world(0.5)), protocol, "not_randomized")
+    assert p.result["whole_tumour_boost_test"]["feasible"]  # isotox's test passes ...
+    assert p.candidate is not None and p.plans == ["base"] and p.candidate.boost_increment_gy == 0.0  # ... the record is followed
+    assert p.candidate.total_gy <= 66.0 + 1e-9 and p.result["arm"] == "not_randomized" and p.arm is None
+    assert not p.result.get("awaiting_randomisation") and "records the patient as not randomized" in p.result["allocation_note"]
+
+
+def test_allocated_arm_is_not_applied_when_the_whole_tumour_test_fails() -> None:
+    """The arm is allocated at registration and applied only when the 72 Gy whole-tumour boost is
+    feasible. Old behaviour: the allocation was dropped without a word (plan.json said arm B was
+    requested and not_randomized was prescribed, nothing said why). Now the plan names the
+    allocation it did not apply and the constraint that stopped it."""
+    protocol = load_protocol("pet_boost")
+    hot = _three(_world(0.0))
+    hot["ESOPHAGUS"] = StructureSamples("ESOPHAGUS", [np.full(50, 1.0)] * 3, np.full(50, 0.01), 0.0)  # the boost crosses it
+    p = prescribe(hot, protocol, "B")
+    assert p.result["arm"] == "not_randomized" and p.result["arm_recorded"] == "B" and p.plans == ["base"]
+    assert p.candidate is not None and p.candidate.total_gy <= 66.0 + 1e-9
+    note = p.result["allocation_note"]
+    assert "allocated arm B not applied" in note and "esophagus_max" in note
+
+
+def test_recorded_arm_comes_from_the_cohort_sheet(tmp_path: Path) -> None:
+    """The one allocation: the cohort sheet's arm column (real cohorts and the sample alike)."""
+    from isotox.errors import ConfigError, InputDataError
+    from isotox.planning.allocation import recorded_arm
+
+    sheet = tmp_path / "cohort.tsv"
+    sheet.write_text("patient_id\tdicom_dir\thistology\tarm\nP1\t/d/P1\tsquamous\tA\nP2\t/d/P2\tsquamous\tnot_randomized\nP3\t/d/P3\tsquamous\t\n")
+    assert [recorded_arm(sheet, p) for p in ("P1", "P2", "P3")] == ["A", "not_randomized", None]
+    with pytest.raises(InputDataError) as info:
+        recorded_arm(sheet, "P9")
+    assert "P9" in str(info.value) and str(sheet) in str(info.value) and "add the patient's row" in str(info.value)
+    sheet.write_text("patient_id\tdicom_dir\thistology\tarm\nP1\t/d/P1\tsquamous\tC\n")
+    with pytest.raises(ConfigError, match="arm"):
+        recorded_arm(sheet, "P1")
+
+
+@pytest.mark.workflow
+def test_sample_plan_rule_reads_the_sample_cohort_sheet(tmp_path: Path) -> None:
+    """Old behaviour: the plan rule re-ran the generator's RNG (sample_allocation) instead of reading
+    results/sample/cohort.tsv, so planning one patient did not need the cohort sheet at all and the
+    plan could apply an arm the clinical table did not have. Now the sheet is an input of the plan."""
+    from tests.conftest import run_snakemake, write_config
+
+    results = tmp_path / "r"
+    config = write_config(tmp_path / "c.yaml", results=str(results), sample={"patients": 2, "seed": 20240101, "preset": "small"})
+    proc = run_snakemake(f"{results}/patients/SAMPLE001/plan", "-n", "--quiet", "rules", "--configfile", str(config))
+    table = proc.stdout[proc.stdout.index("Job stats:"):]
+    assert re.search(r"^sample_cohort_tables\s+1$", table, re.MULTILINE), table
+    assert re.search(r"^plan\s+1$", table, re.MULTILINE), table
+
+
+def test_cohort_table_has_the_boost_reached_per_arm_and_what_stopped_it(tmp_path: Path) -> None:
+    """Old cohort table: one boost_total_gy (the allocated arm's) and no word on what stopped it, nor on
+    the other arm or the allocation. Now per patient: arm recorded and applied, each arm's boost
+    (total and per fraction) and its stopping constraint or the ceiling, and for a patient who is
+    not randomized the constraints the 72 Gy test broke. Worked by hand: arm A's boost gives the
+    oesophagus 0.8 of the increment, so EQD2 76 Gy binds at 79.5 Gy; arm B's gives 0.3 and reaches
+    the 86.4 Gy ceiling."""
+    from isotox.outcomes.patients import cohort_patient_table
+    from isotox.planning.stage import _json_ready
+    from isotox.planning.summary import add_boost_columns
+
+    protocol = load_protocol("pet_boost")
+    hot = _three(_world(0.0))
+    hot["ESOPHAGUS"] = StructureSamples("ESOPHAGUS", [np.full(50, 1.0)] * 3, np.full(50, 0.01), 0.0)
+    plans = {"P1": prescribe(_per_arm(0.8, 0.3), protocol, "A"), "P2": prescribe(hot, protocol, "B")}
+    for pid, p in plans.items():
+        (tmp_path / pid / "plan").mkdir(parents=True)
+        doc = {"patient_id": pid, "prescription": p.result, "boost_total_gy": p.result.get("boost_total_gy")}
+        (tmp_path / pid / "plan" / "plan.json").write_text(json.dumps(_json_ready(doc)))
+    dirs = [tmp_path / "P1", tmp_path / "P2"]
+    table = add_boost_columns(cohort_patient_table(dirs), dirs).set_index("patient_id")
+    p1, p2 = table.loc["P1"], table.loc["P2"]
+    assert (p1["arm_recorded"], p1["arm_applied"]) == ("A", "A")
+    assert p1["boost_A_reached_gy"] == pytest.approx(79.5) and p1["boost_A_stopped_by"] == "esophagus_max"
+    assert p1["boost_B_reached_gy"] == pytest.approx(86.4) and p1["boost_B_stopped_by"] == "protocol ceiling (86.4 Gy)"
+    assert p1["boost_A_per_fraction_gy"] == pytest.approx(79.5 / 24) and p1["boost_total_gy"] == pytest.approx(79.5)
+    assert (p2["arm_recorded"], p2["arm_applied"]) == ("B", "not_randomized") and "esophagus_max" in p2["boost_test_violated"]
+    assert "allocated arm B not applied" in p2["allocation_note"] and pd.isna(p2["boost_B_reached_gy"])
+
+
+def test_sample_plans_apply_the_sample_cohort_sheets_allocation(sample_run: Path) -> None:
+    """On the sample run: the arm each plan was given is the sample cohort sheet's (the same value as
+    clinical.tsv's), and the arm it applied agrees with the clinical table unless the plan says why
+    (the allocation could not be applied). Old behaviour: SAMPLE001 is not randomized in clinical.tsv
+    but its plan was given arm A by a second draw of the generator's RNG."""
+    sheet = pd.read_csv(sample_run / "sample" / "cohort.tsv", sep="\t", dtype=str, keep_default_na=False).set_index("patient_id")
+    clinical = pd.read_csv(sample_run / "sample" / "clinical.tsv", sep="\t", dtype=str, keep_default_na=False).set_index("patient_id")
+    table = pd.read_csv(sample_run / "cohort" / "patients.tsv", sep="\t", dtype={"patient_id": str}).set_index("patient_id")
+    for pid in sheet.index:
+        plan = json.loads((sample_run / "patients" / pid / "plan" / "plan.json").read_text())
+        assert plan["arm_requested"] == (sheet.loc[pid, "arm"] or None) == (clinical.loc[pid, "arm"] or None), pid
+        if plan["arm_applied"] != clinical.loc[pid, "arm"]:
+            assert "not applied" in (plan["prescription"].get("allocation_note") or ""), pid
+        assert table.loc[pid, "arm_applied"] == plan["arm_applied"]

@@ -18,7 +18,7 @@ os.environ.update(PYTHONPATH=os.pathsep.join(p for p in (_SRC, os.environ.get("P
 
 from isotox.errors import ConfigError  # noqa: E402
 from isotox.sample.patient import patient_id as sample_patient_id  # noqa: E402
-from isotox.sample.patient import sample_allocation, sample_histology  # noqa: E402
+from isotox.sample.patient import sample_histology  # noqa: E402
 from isotox.settings import load_protocol, read_cohort_sheet, validate_document  # noqa: E402
 from isotox.settings.roi_names import RoiNameMap  # noqa: E402
 
@@ -111,14 +111,29 @@ def patient_seed_point(wildcards):
 
 
 def patient_arm(wildcards):
-    """Allocated PET-boost arm (A or B; empty when none): the cohort sheet's ``arm`` column, or the
-    sample cohort's randomisation list. The plan decides randomizability; this is the allocation."""
-    if is_sample():
-        return sample_allocation(sample_index(wildcards), config["sample"]["seed"])
-    if "arm" not in COHORT.columns:
+    """A real cohort's PET-boost record from the cohort sheet's ``arm`` column: A, B, not_randomized,
+    or empty (before randomisation). The plan applies A/B only when the 72 Gy whole-tumour boost is
+    feasible. Sample patients get '' here: their record is the sample's cohort sheet, an input of the
+    plan rule (allocation_sheet), because it does not exist before the sample rule has run."""
+    if is_sample() or "arm" not in COHORT.columns:
         return ""
     value = str(COHORT.loc[wildcards.pid, "arm"])
-    return value if value in ("A", "B") else ""
+    return value if value in ("A", "B", "not_randomized") else ""
+
+
+def allocation_sheet(wildcards):
+    """The sample's cohort sheet as a plan input: the one allocation, written once by the sample rule
+    (with clinical.tsv, from the same value) and read by the plan, never drawn a second time.
+    A real cohort's sheet is already parsed at load time (patient_arm); making it an input would
+    re-plan every patient whenever any cell of the sheet changes."""
+    return {"allocation": f"{SAMPLE_DIR}/cohort.tsv"} if is_sample() else {}
+
+
+def plan_group():
+    """The plan's job group: 'patient' (batched with the patient's other stages) for a real cohort;
+    none for the sample, whose plans wait for the sample's cohort sheet. That sheet needs every
+    sample patient, so a per-patient group would depend on itself through it (Snakemake refuses)."""
+    return None if is_sample() else "patient"
 
 
 def planning_beam_data():

@@ -5,6 +5,7 @@
 
 rule plan:
     input:
+        unpack(allocation_sheet),
         ingest=f"{RESULTS}/patients/{{pid}}/ingest",
         segment=f"{RESULTS}/patients/{{pid}}/segment",
         protocol=config["protocol"],
@@ -29,7 +30,7 @@ rule plan:
         mem_mb=stage_mem_mb,
         runtime=30,
     group:
-        "patient"
+        plan_group()
     conda:
         "../../envs/isotox.yaml"
     script:

@@ -178,8 +178,21 @@ def boost_candidates(base: Candidate, protocol: dict[str, Any], start_gy: float)
     """Integrated-boost prescriptions from ``start_gy`` to the protocol's ceiling, in its step, on a fixed base."""
     boost = protocol["boost"]
     step = float(boost.get("step_gy", 0.5))
-    tops = np.arange(start_gy, boost_ceiling_gy(protocol) + 1e-9, step)
-    return [Candidate(base.total_gy, base.fractions, round(float(t) - base.total_gy, 6)) for t in tops]
+    ceiling = boost_ceiling_gy(protocol)
+    tops = [float(t) for t in np.arange(start_gy, ceiling + 1e-9, step)]
+    if ceiling - tops[-1] > 1e-6:  # a per-fraction ceiling (3.6 Gy x 24 = 86.4 Gy) off the step grid is itself a candidate
+        tops.append(ceiling)
+    return [Candidate(base.total_gy, base.fractions, round(t - base.total_gy, 6)) for t in tops]
+
+
+def not_randomized_search(samples: dict[str, StructureSamples], protocol: dict[str, Any]) -> dict[str, Any]:
+    """The PET-boost rule for a patient who is not randomized: the highest isotoxic base dose
+    <= ``boost.base_total_gy``, no boost. Shared by the 72 Gy test failing and by a cohort sheet
+    that records the patient as not randomized (the plan follows the trial's record)."""
+    constraints = protocol["constraints"]
+    result = search(samples, constraints, candidates(protocol, max_total_gy=float(protocol["boost"]["base_total_gy"])))
+    return {"randomized": False, "arm": "not_randomized", "boost_target": None, **result.as_dict(constraints),
+            "boost_total_gy": None, "boost_dose_per_fraction_gy": None, "boost_stopped_by": None}
 
 
 def pet_boost_search(samples_arm: dict[str, dict[str, StructureSamples]], protocol: dict[str, Any], arm: str) -> dict[str, Any]:
@@ -213,8 +226,5 @@ def pet_boost_search(samples_arm: dict[str, dict[str, StructureSamples]], protoc
         out["boost_stopped_by"] = ",".join(result.limiting) if result.limiting else (
             f"protocol ceiling ({ceiling:g} Gy)" if result.chosen is not None and result.chosen is result.evaluations[-1] else None)
     else:
-        result = search(samples_arm["A"], constraints, candidates(protocol, max_total_gy=base.total_gy))
-        out.update({"randomized": False, "arm": "not_randomized", "boost_target": None, **result.as_dict(constraints)})
-        out["boost_total_gy"] = None
-        out["boost_stopped_by"] = None
+        out.update(not_randomized_search(samples_arm["A"], protocol))
     return out

@@ -12,7 +12,8 @@ from numpy.typing import NDArray
 
 from isotox.dose.dvh import Dvh, StructureSamples
 from isotox.dose.radiobiology import eqd2_of_prescription, model_ntcp
-from isotox.dose.search import Candidate, boost_candidates, candidates, evaluate, pet_boost_search, search
+from isotox.dose.search import Candidate, boost_candidates, candidates, evaluate, not_randomized_search, pet_boost_search, search
+from isotox.planning.allocation import ARMS, NOT_RANDOMIZED
 
 #: plan order inside StructureSamples.doses
 PLAN_INDEX = {"base": 0, "boost_A": 1, "boost_B": 2}
@@ -50,7 +51,12 @@ def _scan_table(samples: dict[str, StructureSamples], constraints: list[dict[str
 
 
 def prescribe(samples: dict[str, StructureSamples], protocol: dict[str, Any], arm: str | None) -> Prescription:
-    """Run the protocol's rule. PET-boost protocols need samples with base, boost_A and boost_B."""
+    """Run the protocol's rule. PET-boost protocols need samples with base, boost_A and boost_B.
+
+    ``arm`` is the cohort sheet's record (``planning.allocation``): 'A'/'B' is applied only when the
+    whole-tumour test boost is feasible; 'not_randomized' is followed even when isotox's test passes
+    (the outcome tables count the patient as not randomized, so the plan must too; the disagreement
+    is reported); None (before randomisation) prescribes nothing for a randomizable patient."""
     constraints = protocol["constraints"]
     if not has_boost(protocol):
         cands = candidates(protocol)
@@ -61,10 +67,11 @@ def prescribe(samples: dict[str, StructureSamples], protocol: dict[str, Any], ar
         scan = pd.DataFrame() if result.not_prescribable else _scan_table(base, constraints, cands, "isotoxic")
         return Prescription(out, chosen, ["base"], scan, None)
 
-    allocated = arm if arm in ("A", "B") else None
+    allocated = arm if arm in ARMS else None
     by_arm = {a: plans_view(samples, ["base", f"boost_{a}"]) for a in ("A", "B")}
     shown = allocated or "A"
     out = pet_boost_search(by_arm, protocol, shown)
+    out["arm_recorded"] = arm
     out["arm_allocated"] = allocated is not None
     if out.get("not_prescribable"):
         return Prescription(out, None, ["base"], pd.DataFrame(), None)
@@ -74,17 +81,27 @@ def prescribe(samples: dict[str, StructureSamples], protocol: dict[str, Any], ar
                                 for a, r in escalation.items()}
     n = int(protocol["fractionation"]["fractions"])
     base_total = float(protocol["boost"]["base_total_gy"])
+    test_gy = float(protocol["boost"]["test_total_gy"])
+    if out["randomized"] and arm == NOT_RANDOMIZED:
+        out.update(not_randomized_search(by_arm["A"], protocol))
+        out["allocation_note"] = (f"the cohort sheet records the patient as not randomized although the whole-tumour {test_gy:g} Gy boost keeps "
+                                  f"every constraint in this plan: the plan follows the record (<= {base_total:g} Gy, no boost); compare with the clinic's initial plan")
+    elif allocated and not out["randomized"]:
+        out["allocation_note"] = (f"allocated arm {allocated} not applied: the whole-tumour {test_gy:g} Gy boost breaks "
+                                  f"{', '.join(out['whole_tumour_boost_test']['violated'])} in this plan, so the patient is not randomized "
+                                  "(the protocol applies the allocation only when that boost is feasible); if the trial randomized this patient, "
+                                  "compare with the clinic's initial plan")
     if out["randomized"] and not allocated:
         # randomizable but not allocated: no prescription yet, so nothing is exported as if prescribed
         out.update({"arm": "not_allocated", "feasible": False, "awaiting_randomisation": True, "total_gy": None, "fractions": None,
                     "dose_per_fraction_gy": None, "boost_increment_gy": None, "boost_total_gy": None, "boost_stopped_by": None,
                     "note": "randomizable (the 72 Gy whole-tumour boost is feasible) but no arm allocated (cohort sheet or --arm): "
                             "no plan is prescribed or exported; both arms' escalations are in escalation_by_arm"})
-        test = Candidate(base_total, n, float(protocol["boost"]["test_total_gy"]) - base_total)
+        test = Candidate(base_total, n, test_gy - base_total)
         return Prescription(out, None, ["base"], _scan_table(by_arm["A"], constraints, [test], "72 Gy whole-tumour test"), None)
     if out["randomized"]:
         plans = ["base", f"boost_{shown}"]
-        cands = boost_candidates(Candidate(base_total, n), protocol, float(protocol["boost"]["test_total_gy"]))  # up to the ceiling
+        cands = boost_candidates(Candidate(base_total, n), protocol, test_gy)  # up to the ceiling
         scan = _scan_table(by_arm[shown], constraints, cands, f"boost arm {shown}")
         chosen = Candidate(out["total_gy"], out["fractions"], out["boost_increment_gy"]) if out["feasible"] else None
     else:
@@ -92,7 +109,7 @@ def prescribe(samples: dict[str, StructureSamples], protocol: dict[str, Any], ar
         cands = candidates(protocol, max_total_gy=base_total)
         scan = _scan_table(plans_view(samples, ["base"]), constraints, cands, "isotoxic (not randomized)")
         chosen = Candidate(out["total_gy"], out["fractions"]) if out["feasible"] else None
-    test = Candidate(base_total, n, float(protocol["boost"]["test_total_gy"]) - base_total)
+    test = Candidate(base_total, n, test_gy - base_total)
     scan = pd.concat([_scan_table(by_arm["A"], constraints, [test], "72 Gy whole-tumour test"), scan], ignore_index=True)
     return Prescription(out, chosen, plans, scan, shown if out["randomized"] else None)
 

@@ -186,6 +186,8 @@ def plan_patient(patient_dir: str | Path, protocol_path: str | Path, *, arm: str
         flags.append("awaiting randomisation: " + result["note"])
     elif not result["feasible"]:
         flags.append(f"infeasible: no prescription of the protocol keeps every constraint (violated at the lowest dose: {', '.join(result['violated_at_lowest'])})")
+    if result.get("allocation_note"):
+        flags.append(result["allocation_note"])
     skipped = [c["id"] for c in protocol["constraints"] if c.get("optional") and c["structure"] not in samples]
     if skipped:
         flags.append(f"optional constraints skipped (structure absent): {', '.join(skipped)}")
@@ -194,7 +196,7 @@ def plan_patient(patient_dir: str | Path, protocol_path: str | Path, *, arm: str
     total = prescribed_dose(unit_doses, prescription)
     doc: dict[str, Any] = {
         "patient_id": patient, "protocol": protocol["name"], "protocol_file": str(protocol_path), "dose_source": "tps" if use_tps else "engine",
-        "arm_requested": arm, "feasible": result["feasible"],
+        "arm_requested": arm, "arm_applied": result.get("arm") if has_boost(protocol) else None, "feasible": result["feasible"],
         "prescribed_dose_gy": result["total_gy"], "fractions": result["fractions"], "dose_per_fraction_gy": result["dose_per_fraction_gy"],
         "boost_total_gy": result.get("boost_total_gy"), "boost_feasible": result["whole_tumour_boost_test"]["feasible"] if has_boost(protocol) else None,
         "boost_dose_per_fraction_gy": result.get("boost_dose_per_fraction_gy"), "boost_stopped_by": result.get("boost_stopped_by"),

@@ -149,8 +149,11 @@ def sample_histology(index: int, seed: int) -> str:
 
 
 def sample_allocation(index: int, seed: int) -> str:
-    """The sample cohort's randomisation list: the arm ('A'/'B') patient ``index`` is allocated to
-    if its plan makes it randomizable (1:1, independent of everything else about the patient)."""
+    """The sample cohort's randomisation list: the arm ('A'/'B') patient ``index`` is allocated at
+    registration (1:1, independent of everything else about the patient). Only the sample's clinical
+    simulation calls it, applying it when the generator's boost is feasible and writing the result
+    once into cohort.tsv and clinical.tsv; the plan rule reads cohort.tsv, never this function, so
+    the workflow has one allocation."""
     return str(np.random.default_rng([seed, index, 13]).choice(["A", "B"]))
 
 
