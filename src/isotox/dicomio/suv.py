@@ -31,7 +31,7 @@ from numpy.typing import NDArray
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 
-from isotox.dicomio.dicom_time import combine, parse_dt, parse_tm, seconds_between
+from isotox.dicomio.dicom_time import combine, parse_dt, seconds_between
 from isotox.errors import InputDataError
 
 GE_SCAN_DATETIME = Tag(0x0009, 0x100D)

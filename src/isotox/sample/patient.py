@@ -28,7 +28,7 @@ from isotox.geometry import ImageGrid, RigidTransform
 from isotox.perfusion.aif import parker_aif
 from isotox.perfusion.kinetics import extended_tofts, patlak
 from isotox.sample import appearance, scanner
-from isotox.sample.anatomy import TUMOUR_TISSUES, Anatomy, AnatomyParams, Tissue, draw_anatomy
+from isotox.sample.anatomy import TUMOUR_TISSUES, Anatomy, Tissue, draw_anatomy
 from isotox.sample.presets import Preset, get_preset
 from isotox.sample.timeline import at, da, dt, plus, tm
 
