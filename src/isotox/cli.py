@@ -267,7 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plan", help="stage 5: unit plans, the protocol's isotoxic search, NTCP, DICOM export; writes PATIENT_DIR/plan/")
     p.add_argument("patient_dir", help="the patient's results folder, with ingest/ and segment/ inside")
     p.add_argument("--protocol", help="protocol YAML, or the name of a shipped protocol (pet_boost, isotoxic_hypofractionated, ...); default: the config's")
-    p.add_argument("--arm", choices=["A", "B"], help="allocated PET-boost arm (A: whole GTV, B: 50 %% SUVmax volume)")
+    p.add_argument("--arm", choices=["A", "B", "not_randomized"], help="recorded PET-boost allocation (A: whole GTV, B: 50 %% SUVmax volume, or not_randomized)")
     p.add_argument("--config", help="config whose 'planning' section is used (default: the shipped defaults; '' for built-in planning defaults)")
     p.add_argument("--dose-source", choices=["auto", "engine", "tps"], help="override planning.dose_source")
     p.add_argument("--patient-id", help="patient id for messages (default: the name of PATIENT_DIR)")
