@@ -72,7 +72,8 @@ def _dicom_reference(series: Series, slices: list[Any], geometry: SliceGeometry)
     }
 
 
-def _pet_image(series: Series, patient: str, policy: IrregularPolicy) -> tuple[sitk.Image, SliceGeometry, dict[str, Any]]:
+def pet_suv_image(series: Series, patient: str, policy: IrregularPolicy) -> tuple[sitk.Image, SliceGeometry, dict[str, Any]]:
+    """One PET series as an SUVbw image (float32) on its own grid, with its geometry and conversion record."""
     geometry, slices = _volume(series, patient, policy)
     conversion = suv_conversion(slices, patient, series.files[0])
     suv = stack(geometry, [rescaled(ds) * f for ds, f in zip(slices, conversion.factors)])
@@ -214,7 +215,7 @@ def _write_pet(index: PatientIndex, roles: dict[str, str], prefix: str, out: Pat
     if role not in roles:
         meta["problems"][role] = "no series with this role"
         return
-    image, geometry, conversion = _pet_image(index.series[roles[role]], patient, policy)
+    image, geometry, conversion = pet_suv_image(index.series[roles[role]], patient, policy)
     sitk.WriteImage(image, str(out / f"{role}_suv.nii.gz"), useCompression=True)
     meta["images"][role] = geometry.summary()
     meta["pet"][role] = conversion

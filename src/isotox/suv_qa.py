@@ -16,31 +16,24 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import SimpleITK as sitk
 
 from isotox.atomic import atomic_path
-from isotox.dicomio.discovery import Series, index_folder, load_pixels
+from isotox.dicomio.discovery import Series, index_folder
 from isotox.dicomio.roles import attenuation_corrected
-from isotox.dicomio.suv import rescaled, suv_conversion
-from isotox.dicomio.volume import IrregularPolicy, slice_geometry, stack, to_image
+from isotox.dicomio.volume import IrregularPolicy
 from isotox.errors import InputDataError
+from isotox.ingest import pet_suv_image
 
 PET_MODALITY = "PT"
 
 
 def _convert(series: Series, patient: str, policy: IrregularPolicy) -> tuple[sitk.Image, dict[str, Any]]:
-    datasets = load_pixels(series, patient)
-    geometry = slice_geometry(datasets, [str(p) for p in series.files], patient, policy)
-    slices = [datasets[i] for i in geometry.order]
-    conversion = suv_conversion(slices, patient, series.files[0])
-    suv = stack(geometry, [rescaled(ds) * f for ds, f in zip(slices, conversion.factors)])
-    record = conversion.as_dict()
-    factor = np.asarray(conversion.factors)
-    record.update(factor=float(factor[0]) if np.allclose(factor, factor[0], rtol=1e-12) else factor.tolist(),
-                  slices=len(slices), suv_max=float(suv.max()), description=series.description,
-                  attenuation_corrected=attenuation_corrected(series), geometry=geometry.summary())
-    return to_image(geometry.grid, suv.astype(np.float32)), record
+    """The ingest stage's PET conversion (the same rules), plus what a QA reader wants beside it."""
+    image, geometry, record = pet_suv_image(series, patient, policy)
+    record.update(factor=record["factors"], slices=len(geometry.order), suv_max=float(sitk.GetArrayViewFromImage(image).max()),
+                  description=series.description, attenuation_corrected=attenuation_corrected(series), geometry=geometry.summary())
+    return image, record
 
 
 def suv_folder(dicom_dir: str | Path, out_dir: str | Path, *, irregular: IrregularPolicy = "resample") -> dict[str, dict[str, Any]]:
