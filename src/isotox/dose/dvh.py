@@ -15,7 +15,7 @@ hottest x % of the volume; ``Dxcc`` = minimum dose to the hottest x cc (D0.03cc:
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -99,11 +99,17 @@ class Dvh:
 _METRIC = re.compile(r"^(?:(Dmean|Dmax|Dmin|MLD)|D(\d+(?:\.\d+)?)(cc)?|V(\d+(?:\.\d+)?)(cc)?|gEUD_a=(-?\d+(?:\.\d+)?))$")
 
 
-def metric_value(dvh: Dvh, text: str) -> float:
+def parse_metric(text: str) -> tuple[str | None, str | None, str | None, str | None, str | None, str | None]:
+    """(named, D value, D cc, V value, V cc, gEUD a) of a protocol metric name; shared by ``Dvh`` and
+    the search's sort-free evaluation (``isotox.dose.candidate_metrics``) so both read a name alike."""
     m = _METRIC.match(text.strip())
     if not m:
         raise ValueError(f"unknown DVH metric {text!r} (Dmean, Dmax, Dmin, D95, D2, D0.03cc, V20, V20cc, gEUD_a=8)")
-    named, d_val, d_cc, v_val, v_cc, a = m.groups()
+    return m.groups()  # type: ignore[return-value]
+
+
+def metric_value(dvh: Dvh, text: str) -> float:
+    named, d_val, d_cc, v_val, v_cc, a = parse_metric(text)
     if named:
         return {"Dmean": dvh.mean, "MLD": dvh.mean, "Dmax": dvh.max, "Dmin": dvh.min}[named]()
     if d_val is not None:
@@ -132,6 +138,9 @@ class StructureSamples:
     doses: list[NDArray[np.float64]]  # one array per plan, same points
     volume_cc: NDArray[np.float64]
     outside_fraction: float
+    #: the search's per-structure memo (sorted unit doses, metric values), shared by views of the
+    #: same samples (``planning.prescription.plans_view``) so a candidate is never evaluated twice
+    cache: dict[object, object] = field(default_factory=dict, repr=False, compare=False)
 
     def dvh(self, weights: tuple[float, ...] | None = None) -> Dvh:
         """DVH of sum_p weights[p] x dose_p (default: the first plan alone)."""

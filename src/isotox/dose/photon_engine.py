@@ -145,6 +145,23 @@ def _trace_fan(model: BeamModel, density: DensityVolume, beam: BeamGeometry, ape
     return _Fan(ix, iz, r_values, sigma_iso, depth_factor, coords)
 
 
+def trace_fan(model: BeamModel, density: DensityVolume, beam: BeamGeometry, aperture: Aperture, points_mm: FloatArray,
+              step_mm: float = 2.0) -> _Fan | None:
+    """The fluence-independent terms of one beam around ``points_mm``, to be shared: a beamlet plan
+    traces each beam once for its whole grid and uses the same fan for the beamlet matrix at the
+    optimisation voxels (a subset) and for the final dose of the optimised fluence."""
+    return _trace_fan(model, density, beam, aperture, np.asarray(points_mm, dtype=float), step_mm) if len(points_mm) else None
+
+
+def _points_on_fan(fan: _Fan, beam: BeamGeometry, aperture: Aperture, points_mm: FloatArray, step_mm: float) -> FloatArray:
+    """Fractional fan indices of ``points_mm`` (as ``_trace_fan`` computes them). The fan must have been
+    traced for a superset of the points; points beyond the aperture's rays fall off the fan's sides
+    and are treated as by ``_trace_fan`` itself (no dose from the depth terms there)."""
+    px, pz, pr = beam.fan_coordinates(points_mm)
+    h = aperture.pixel_mm
+    return np.vstack([(px - aperture.x_mm()[fan.ix[0]]) / h, (pz - aperture.z_mm()[fan.iz[0]]) / h, (pr - fan.r_values[0]) / step_mm])
+
+
 def _fan_dose(model: BeamModel, fan: _Fan, fluence: NDArray[np.float32], pixel_mm: float) -> NDArray[np.float32]:
     """Dose on the fan grid for one fluence map on the aperture pixels."""
     b = model.data
@@ -156,16 +173,21 @@ def _fan_dose(model: BeamModel, fan: _Fan, fluence: NDArray[np.float32], pixel_m
 
 
 def beam_dose_at(model: BeamModel, density: DensityVolume, beam: BeamGeometry, aperture: Aperture, points_mm: FloatArray,
-                 step_mm: float = 2.0) -> NDArray[np.float32]:
+                 step_mm: float = 2.0, fan: _Fan | None = None) -> NDArray[np.float32]:
     """Dose (relative: 1 = d_max of a 10 x 10 field at SAD) at ``points_mm`` (N, 3) from one beam,
-    with the aperture's fluence (open field, or a modulated map)."""
+    with the aperture's fluence (open field, or a modulated map). ``fan``: from ``trace_fan`` for
+    these points (or a superset), instead of tracing again."""
     points_mm = np.asarray(points_mm, dtype=float)
     out = np.zeros(len(points_mm), dtype=np.float32)
-    fan = _trace_fan(model, density, beam, aperture, points_mm, step_mm) if len(points_mm) else None
+    if fan is not None and len(points_mm):
+        coords = _points_on_fan(fan, beam, aperture, points_mm, step_mm)
+    else:
+        fan = _trace_fan(model, density, beam, aperture, points_mm, step_mm) if len(points_mm) else None
+        coords = fan.point_coords if fan is not None else None
     if fan is None:
         return out
     dose = _fan_dose(model, fan, aperture.fluence_map(), aperture.pixel_mm)
-    out[:] = ndimage.map_coordinates(dose, fan.point_coords, order=1, mode="constant", cval=0.0)
+    out[:] = ndimage.map_coordinates(dose, coords, order=1, mode="constant", cval=0.0)
     return out
 
 
@@ -198,13 +220,21 @@ def _beamlet_rectangles(aperture: Aperture, labels: NDArray[np.int32]) -> tuple[
 def _gaussian_rectangle(rects: FloatArray, x: FloatArray, z: FloatArray, sigma: FloatArray) -> FloatArray:
     """Integral of a unit 2-D Gaussian of width ``sigma`` centred at each point over each rectangle: (N, R)."""
     s = (np.sqrt(2.0) * sigma)[:, None]
-    across = special.erf((rects[None, :, 1] - x[:, None]) / s) - special.erf((rects[None, :, 0] - x[:, None]) / s)
-    along = special.erf((rects[None, :, 3] - z[:, None]) / s) - special.erf((rects[None, :, 2] - z[:, None]) / s)
+    # rectangles share their edges (the beamlet grid): one erf per point and distinct edge, then gathered
+    # (the same numbers as one erf per rectangle edge, at a fraction of the erf evaluations)
+    x_edges, x_index = np.unique(rects[:, :2], return_inverse=True)
+    z_edges, z_index = np.unique(rects[:, 2:], return_inverse=True)
+    x_index, z_index = x_index.reshape(-1, 2), z_index.reshape(-1, 2)
+    erf_x = special.erf((x_edges[None, :] - x[:, None]) / s)
+    erf_z = special.erf((z_edges[None, :] - z[:, None]) / s)
+    across = erf_x[:, x_index[:, 1]] - erf_x[:, x_index[:, 0]]
+    along = erf_z[:, z_index[:, 1]] - erf_z[:, z_index[:, 0]]
     return 0.25 * across * along
 
 
 def beamlet_doses_at(model: BeamModel, density: DensityVolume, beam: BeamGeometry, aperture: Aperture, points_mm: FloatArray,
-                     beamlet_mm: float, step_mm: float = 2.0, chunk_points: int = 4000) -> tuple[NDArray[np.float32], NDArray[np.int32]]:
+                     beamlet_mm: float, step_mm: float = 2.0, chunk_points: int = 4000,
+                     fan: _Fan | None = None) -> tuple[NDArray[np.float32], NDArray[np.int32]]:
     """Dose at ``points_mm`` from each beamlet of the aperture: the open pixels cut into squares of
     ``beamlet_mm`` on the isocentre plane (a grid through the beam axis).
 
@@ -224,11 +254,17 @@ def beamlet_doses_at(model: BeamModel, density: DensityVolume, beam: BeamGeometr
     _, labels[aperture.mask] = np.unique(cells[aperture.mask], return_inverse=True)
     n_beamlets = int(labels.max()) + 1
     matrix = np.zeros((len(points_mm), n_beamlets), dtype=np.float32)
-    fan = _trace_fan(model, density, beam, aperture, points_mm, step_mm) if len(points_mm) and n_beamlets else None
+    if not (len(points_mm) and n_beamlets):
+        return matrix, labels
+    if fan is not None:  # traced by the caller for a superset of the points (``trace_fan``)
+        coords = _points_on_fan(fan, beam, aperture, points_mm, step_mm)
+    else:
+        fan = _trace_fan(model, density, beam, aperture, points_mm, step_mm)
+        coords = fan.point_coords if fan is not None else None
     if fan is None:
         return matrix, labels
-    sigma = np.maximum(ndimage.map_coordinates(fan.sigma_iso, fan.point_coords, order=1, mode="nearest"), 1e-3)
-    depth_factor = ndimage.map_coordinates(fan.depth_factor, fan.point_coords, order=1, mode="constant", cval=0.0)
+    sigma = np.maximum(ndimage.map_coordinates(fan.sigma_iso, coords, order=1, mode="nearest"), 1e-3)
+    depth_factor = ndimage.map_coordinates(fan.depth_factor, coords, order=1, mode="constant", cval=0.0)
     px, pz, _ = beam.fan_coordinates(points_mm)
     rects, owner = _beamlet_rectangles(aperture, labels)
     first_of_beamlet = np.flatnonzero(np.r_[True, np.diff(owner) != 0])
@@ -246,11 +282,14 @@ def beamlet_doses_at(model: BeamModel, density: DensityVolume, beam: BeamGeometr
 
 
 def beam_dose_on_grid(model: BeamModel, density: DensityVolume, beam: BeamGeometry, aperture: Aperture, dose_grid: ImageGrid,
-                      calc_mask: NDArray[np.bool_], step_mm: float = 2.0) -> NDArray[np.float32]:
-    """One beam's dose on ``dose_grid`` (array k, j, i), computed at the voxels of ``calc_mask``."""
+                      calc_mask: NDArray[np.bool_], step_mm: float = 2.0, points_mm: FloatArray | None = None,
+                      fan: _Fan | None = None) -> NDArray[np.float32]:
+    """One beam's dose on ``dose_grid`` (array k, j, i), computed at the voxels of ``calc_mask``.
+    ``points_mm``: those voxels' centres (C order) when the caller has them (every beam of a plan shares them)."""
     dose = np.zeros(dose_grid.shape, dtype=np.float32)
-    kji = np.argwhere(calc_mask)
-    if kji.size:
-        points = dose_grid.index_to_physical(kji[:, ::-1].astype(float))
-        dose[calc_mask] = beam_dose_at(model, density, beam, aperture, points, step_mm)
+    if points_mm is None:
+        kji = np.argwhere(calc_mask)
+        points_mm = dose_grid.index_to_physical(kji[:, ::-1].astype(float)) if kji.size else np.zeros((0, 3))
+    if len(points_mm):
+        dose[calc_mask] = beam_dose_at(model, density, beam, aperture, points_mm, step_mm, fan)
     return dose

@@ -1,9 +1,10 @@
 """DVHs straight from a clinic's RTSTRUCT + RTDOSE (``isotox dvh``), no CT needed.
 
-The structures are rasterised on their own grid: the contour planes in z (the slice positions
-the contours were drawn on) and half the dose-grid spacing in-plane, over the extent of all
-contours; each voxel is then sampled 2 x 2 x 2 in the dose. The structure volume therefore
-depends on the contours only, not on the dose grid's extent or resolution.
+Each structure is rasterised once on its own grid: the contour planes in z (the slice positions
+the contours were drawn on) and half the dose-grid spacing in-plane, over the extent of its
+contours; each voxel is then sampled once in the dose (2 x 2 x 2 for a small structure,
+``roi_dvh``). The structure volume therefore depends on the contours only, not on the dose
+grid's extent or resolution.
 """
 
 from __future__ import annotations
@@ -13,30 +14,92 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pydicom
+from numpy.typing import NDArray
 
 from isotox.dicomio.reading import NotDicomError, read_dataset
 from isotox.dicomio.rtdose import read_rtdose
-from isotox.dicomio.rtstruct_reader import read_structure_set
+from isotox.dicomio.rtstruct_reader import self_intersections
 from isotox.dose.dvh import Dvh, dvh_from_mask, dvh_table
 from isotox.errors import InputDataError
 from isotox.geometry import ImageGrid
 from isotox.settings.roi_names import RoiNameMap
 
 
+def _contour_points(contour: pydicom.Dataset) -> NDArray[np.float64]:
+    """ContourData as (N, 3) floats, parsed from the raw bytes when pydicom has not converted them yet.
+
+    Why: converting a BODY's 260 000 decimal strings through pydicom's validated DS values took
+    ~1 s CPU; the raw backslash-separated text parses in milliseconds."""
+    element = contour.get_item(0x30060050)
+    if element is None:
+        return np.zeros((0, 3))
+    raw = element.value
+    if isinstance(raw, (bytes, bytearray)):
+        values = np.array(raw.replace(b"\\", b" ").split(), dtype=float) if raw.strip() else np.zeros(0)
+    else:
+        values = np.asarray([float(v) for v in (contour.ContourData or [])], dtype=float)
+    return values.reshape(-1, 3) if values.size % 3 == 0 else values
+
+
+def _planes(points: list[NDArray[np.float64]], dose_grid: ImageGrid) -> tuple[float, float]:
+    """(first contour plane z, plane spacing) over every contour of the RTSTRUCT."""
+    planes = np.unique(np.round(np.concatenate([p[:, 2] for p in points]), 3))
+    return float(planes[0]), float(np.median(np.diff(planes))) if planes.size > 1 else dose_grid.spacing[2]
+
+
+def grid_around(points: list[NDArray[np.float64]], dose_grid: ImageGrid, z0: float, dz: float, inplane_factor: int = 2,
+                margin_mm: float = 5.0) -> ImageGrid:
+    """Axial grid on the contour planes (``z0 + n dz``), ``1/inplane_factor`` of the dose spacing in-plane,
+    over the bounding box of ``points`` (one ROI's contours) plus ``margin_mm``."""
+    allp = np.vstack(points)
+    sx, sy = dose_grid.spacing[0] / inplane_factor, dose_grid.spacing[1] / inplane_factor
+    lo, hi = allp[:, :2].min(axis=0) - margin_mm, allp[:, :2].max(axis=0) + margin_mm
+    k_lo, k_hi = int(round((allp[:, 2].min() - z0) / dz)), int(round((allp[:, 2].max() - z0) / dz))
+    size = (int(np.ceil((hi[0] - lo[0]) / sx)) + 1, int(np.ceil((hi[1] - lo[1]) / sy)) + 1, k_hi - k_lo + 1)
+    return ImageGrid(size, (sx, sy, dz), (float(lo[0]), float(lo[1]), z0 + k_lo * dz))
+
+
 def contour_grid(rs: pydicom.Dataset, dose_grid: ImageGrid, inplane_factor: int = 2, margin_mm: float = 5.0, roi_numbers: set[int] | None = None) -> ImageGrid:
     """Axial grid on the contour planes, ``1/inplane_factor`` of the dose spacing in-plane, covering every
     contour (of the ROIs in ``roi_numbers``, when given)."""
-    points = [np.asarray(c.ContourData, dtype=float).reshape(-1, 3) for roi in rs.get("ROIContourSequence", [])
+    points = [_contour_points(c) for roi in rs.get("ROIContourSequence", [])
               if roi_numbers is None or int(roi.ReferencedROINumber) in roi_numbers for c in roi.get("ContourSequence", [])]
     if not points:
         raise ValueError("the RTSTRUCT has no contours")
-    allp = np.vstack(points)
-    planes = np.unique(np.round(allp[:, 2], 3))
-    dz = float(np.median(np.diff(planes))) if planes.size > 1 else dose_grid.spacing[2]
-    sx, sy = dose_grid.spacing[0] / inplane_factor, dose_grid.spacing[1] / inplane_factor
-    lo, hi = allp[:, :2].min(axis=0) - margin_mm, allp[:, :2].max(axis=0) + margin_mm
-    size = (int(np.ceil((hi[0] - lo[0]) / sx)) + 1, int(np.ceil((hi[1] - lo[1]) / sy)) + 1, int(round((planes[-1] - planes[0]) / dz)) + 1)
-    return ImageGrid(size, (sx, sy, dz), (float(lo[0]), float(lo[1]), float(planes[0])))
+    return grid_around(points, dose_grid, *_planes(points, dose_grid), inplane_factor, margin_mm)
+
+
+def fill_even_odd(grid: ImageGrid, polygons: list[NDArray[np.float64]]) -> tuple[NDArray[np.bool_], int]:
+    """Planar contours ((N, 3) LPS) rasterised on the axial ``grid`` by the even-odd rule, directly in
+    index space: a voxel is inside when an odd number of contour edges of its plane cross its row
+    left of its centre (edges count on the half-open rule, as any scanline fill). Returns the mask
+    and the number of contours off the slice planes by more than 0.1 slice.
+
+    Why: a point-in-polygon test per pixel of every contour's box (skimage) cost ~O(pixels x
+    vertices) per contour; one toggle per edge crossing and a cumulative sum per plane is O(pixels
+    + crossings)."""
+    nk, nj, ni = grid.shape
+    toggles = np.zeros((nk, nj, ni + 1), dtype=np.uint8)  # only the parity matters: uint8 wrap-around keeps it
+    off_plane = 0
+    for points in polygons:
+        x = (points[:, 0] - grid.origin[0]) / grid.spacing[0]
+        y = (points[:, 1] - grid.origin[1]) / grid.spacing[1]
+        kf = float(np.mean((points[:, 2] - grid.origin[2]) / grid.spacing[2]))
+        k = int(round(kf))
+        off_plane += abs(kf - k) > 0.1
+        if not 0 <= k < nk:
+            continue
+        x0, y0, x1, y1 = x, y, np.roll(x, -1), np.roll(y, -1)
+        rows = np.arange(max(int(np.ceil(y.min())), 0), min(int(np.floor(y.max())), nj - 1) + 1)
+        if not rows.size:
+            continue
+        lo, hi = np.minimum(y0, y1), np.maximum(y0, y1)
+        crosses = (lo[None, :] <= rows[:, None]) & (rows[:, None] < hi[None, :])  # (rows, edges), half-open
+        r, e = np.nonzero(crosses)
+        xc = x0[e] + (rows[r] - y0[e]) * (x1[e] - x0[e]) / (y1[e] - y0[e])
+        column = np.clip(np.floor(xc).astype(np.intp) + 1, 0, ni)  # first voxel centre right of the crossing
+        np.add.at(toggles[k], (rows[r], column), 1)
+    return np.bitwise_xor.accumulate(toggles[..., :ni] & 1, axis=2).view(bool), int(off_plane)
 
 
 def _read(path: str | Path, what: str) -> pydicom.Dataset:
@@ -65,11 +128,95 @@ def rt_dvhs(rtstruct: str | Path, rtdose: str | Path, roi_names: str | Path, onl
                    if str(r.ROIName).lower() in wanted or (names.canonical(str(r.ROIName)) or "").lower() in wanted}
         if not numbers:
             raise InputDataError("dvh", rtstruct, f"no ROI named {', '.join(only)}", "list the ROIs with `isotox dvh` without --roi")
-    grid = contour_grid(rs, dose.grid, roi_numbers=numbers)
-    structures = read_structure_set(rs, grid, frame, names, rtstruct, roi_numbers=numbers)
-    dvhs = [dvh_from_mask(roi.name, roi.mask, grid, dose.dose_gy, dose.grid) for roi in structures.rois]
-    notes = list(structures.warnings) + [f"dose summation type {dose.summation_type}: doses are as stored (a FRACTION dose is per fraction)"]
+    contours = {int(c.ReferencedROINumber): [_contour_points(x) for x in c.get("ContourSequence", [])
+                                            if str(x.get("ContourGeometricType", "CLOSED_PLANAR")) == "CLOSED_PLANAR"]
+                for c in rs.get("ROIContourSequence", [])}
+    every = [p for polys in contours.values() for p in polys if p.ndim == 2 and len(p) >= 3]
+    if not every:
+        raise InputDataError("dvh", rtstruct, "the RTSTRUCT has no contours", "export the structure set with its contours")
+    z0, dz = _planes(every, dose.grid)
+    dvhs, warnings = [], []
+    for roi in rs.get("StructureSetROISequence", []):
+        number, name = int(roi.ROINumber), str(roi.get("ROIName", f"ROI {roi.ROINumber}"))
+        if numbers is not None and number not in numbers:
+            continue
+        if str(roi.get("ReferencedFrameOfReferenceUID", frame)) != frame:
+            warnings.append(f"{name}: drawn on another frame of reference than the dose: not used")
+            continue
+        polygons = [p for p in contours.get(number, []) if p.ndim == 2 and len(p) >= 3]
+        if not polygons:
+            warnings.append(f"{name}: empty ROI (no closed planar contours)")
+            dvhs.append(Dvh(name, np.zeros(0), np.zeros(0)))
+            continue
+        crossing = sum(self_intersections(p[:, :2]) > 0 for p in polygons)
+        if crossing:
+            warnings.append(f"{name}: {crossing} self-intersecting contour(s): filled by the even-odd rule, the volume may differ from the drawing")
+        grid = grid_around(polygons, dose.grid, z0, dz)  # each ROI on its own box: BODY's raster never enlarges the Heart's
+        mask, off_plane = fill_even_odd(grid, polygons)
+        if off_plane:
+            warnings.append(f"{name}: {off_plane} contour(s) not on a slice plane (> 0.1 slice), placed on the nearest slice")
+        dvhs.append(roi_dvh(name, mask, grid, dose.dose_gy, dose.grid))
+    notes = warnings + [f"dose summation type {dose.summation_type}: doses are as stored (a FRACTION dose is per fraction)"]
     return dvhs, notes
+
+
+#: structures with fewer raster voxels are sub-sampled 2 x 2 x 2 (their boundary voxels are a large
+#: share of the volume, and a few voxels must still resolve the dose grid's gradient)
+SMALL_STRUCTURE_VOXELS = 20_000
+
+
+def _axis_weights(centres_mm: NDArray[np.float64], origin_mm: float, spacing_mm: float, n: int) -> tuple[NDArray[np.intp], NDArray[np.intp], NDArray[np.float64], NDArray[np.bool_]]:
+    """Linear interpolation along one axis, as ``dvh.sample_dose`` does it: index clipped to the grid
+    (nearest beyond the last centre) and 'inside' within half a voxel of the end centres."""
+    f = (centres_mm - origin_mm) / spacing_mm
+    inside = (f >= -0.5) & (f <= n - 0.5)
+    f = np.clip(f, 0, n - 1)
+    low = np.minimum(np.floor(f).astype(np.intp), max(n - 2, 0))
+    return low, np.minimum(low + 1, n - 1), f - low, inside
+
+
+def roi_dvh(name: str, mask: NDArray[np.bool_], grid: ImageGrid, dose: NDArray[np.float64], dose_grid: ImageGrid) -> Dvh:
+    """DVH of a mask on an axis-aligned raster: one trilinear dose sample per raster voxel.
+
+    Why: the raster (half the dose spacing in-plane, the contour planes in z) already samples the
+    dose grid at least twice per voxel in-plane; sub-sampling BODY 2 x 2 x 2 on top made 25 M samples
+    for no change in any metric. Both grids are axis-aligned, so trilinear interpolation is separable:
+    the dose is interpolated along x, y, then z onto the mask's bounding box only, directly in index
+    space (no point lists, no physical coordinates). Small structures keep 2 x 2 x 2 sub-samples
+    (``SMALL_STRUCTURE_VOXELS``); a rotated grid falls back to ``dvh_from_mask``."""
+    count = int(mask.sum())
+    identity = np.allclose(grid.direction_matrix, np.eye(3)) and np.allclose(dose_grid.direction_matrix, np.eye(3))
+    if count < SMALL_STRUCTURE_VOXELS or not identity:
+        return dvh_from_mask(name, mask, grid, dose, dose_grid)
+    k_any, j_any, i_any = (np.flatnonzero(mask.any(axis=axes)) for axes in ((1, 2), (0, 2), (0, 1)))
+    box = tuple(slice(int(a[0]), int(a[-1]) + 1) for a in (k_any, j_any, i_any))
+    sub = mask[box]
+    (xl, xh, xt, xin), (yl, yh, yt, yin), (zl, zh, zt, zin) = (
+        _axis_weights(grid.origin[c] + grid.spacing[c] * np.arange(box[2 - c].start, box[2 - c].stop), dose_grid.origin[c],
+                      dose_grid.spacing[c], dose_grid.size[c]) for c in range(3))
+    first, last = int(zl.min()), int(zh.max())  # only the dose planes the box needs
+    planes = np.asarray(dose[first:last + 1], dtype=np.float32)
+    wx, wy = xt.astype(np.float32)[None, None, :], yt.astype(np.float32)[None, :, None]
+    planes = planes[:, :, xl] * (1 - wx) + planes[:, :, xh] * wx  # along x, then y: (dose planes, box rows, box columns)
+    planes = planes[:, yl, :] * (1 - wy) + planes[:, yh, :] * wy
+    inplane = yin[:, None] & xin[None, :]
+    parts, inside_count = [], 0
+    for k in range(sub.shape[0]):  # along z, plane by plane: no box-sized temporaries
+        here = sub[k]
+        if not here.any():
+            continue
+        if zin[k]:
+            t = np.float32(zt[k])
+            row = planes[zl[k] - first][here] * (1 - t) + planes[zh[k] - first][here] * t
+            keep = inplane[here]
+            parts.append(np.where(keep, row, 0.0))
+            inside_count += int(np.count_nonzero(keep))
+        else:
+            parts.append(np.zeros(int(here.sum())))
+    sampled = np.concatenate(parts).astype(np.float64)
+    outside = 1.0 - inside_count / count
+    # equal volumes: sorting the doses alone is the sorted DVH (no argsort and reordering of volumes)
+    return Dvh(name, np.sort(sampled)[::-1], np.broadcast_to(np.float64(grid.voxel_volume_mm3 / 1000.0), (count,)), outside)
 
 
 def rt_dvh_table(rtstruct: str | Path, rtdose: str | Path, roi_names: str | Path, only: list[str] | None = None) -> tuple[pd.DataFrame, list[str]]:

@@ -7,7 +7,10 @@ fractions and a boost increment; its dose is base x total + boost x increment, v
 
 Exact search: every candidate the protocol's fractionation rule allows is evaluated (each DVH
 metric recomputed from the samples, never extrapolated linearly, so non-linear metrics such as
-Vx and EQD2 are honoured), and the highest one where all constraints hold is chosen. The result
+Vx and EQD2 are honoured), and the highest one where all constraints hold is chosen. The
+evaluation sorts nothing per candidate (``candidate_metrics``: counts, sums, one partial sort for a
+quantile, one sort per plan for a base-only scan) and remembers each value, so the scan table and
+the PET-boost rule's repeated escalations reuse the search's numbers instead of recomputing them. The result
 names the limiting constraint (the one that fails at the next candidate up), each constraint's
 value and margin at the chosen dose, and the lowest candidate dose at which each constraint
 would fail ("binds at").
@@ -20,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from isotox.dose.candidate_metrics import structure_metrics
 from isotox.dose.dvh import Dvh, StructureSamples
 from isotox.settings.protocol import boost_ceiling_gy
 
@@ -67,21 +71,32 @@ def constraint_dvh(dvh: Dvh, constraint: dict[str, Any], fractions: int) -> Dvh:
     return dvh
 
 
+def _weights(samples: StructureSamples, cand: Candidate) -> tuple[float, ...]:
+    return (cand.total_gy, cand.boost_increment_gy) if len(samples.doses) > 1 else (cand.total_gy,)
+
+
 def _candidate_dvh(samples: StructureSamples, cand: Candidate) -> Dvh:
     """Physical total-dose DVH of one structure for a candidate (base plan, plus boost when sampled)."""
-    weights = (cand.total_gy, cand.boost_increment_gy) if len(samples.doses) > 1 else (cand.total_gy,)
-    return samples.dvh(weights)
+    return samples.dvh(_weights(samples, cand))
 
 
 def constraint_value(samples: dict[str, StructureSamples], constraint: dict[str, Any], cand: Candidate,
                      physical: Dvh | None = None) -> float:
     """The constraint's metric for a candidate (physical or EQD2, total or per fraction).
-    ``physical``: the structure's DVH for this candidate when the caller already has it."""
+    ``physical``: the structure's DVH for this candidate when the caller already has it.
+
+    Without it the value comes from ``candidate_metrics`` (no sort per candidate, memoised per
+    structure), or from a sorted ``Dvh`` when the samples do not allow that (unequal volumes,
+    negative doses)."""
     name = constraint["structure"]
     if name not in samples:
         return float("nan")
-    dvh = physical if physical is not None else _candidate_dvh(samples[name], cand)
-    return constraint_dvh(dvh, constraint, cand.fractions).metric(constraint["metric"])
+    if physical is None:
+        metrics = structure_metrics(samples[name])
+        if metrics.exact:
+            return metrics.value(constraint, _weights(samples[name], cand), cand.fractions)
+        physical = _candidate_dvh(samples[name], cand)
+    return constraint_dvh(physical, constraint, cand.fractions).metric(constraint["metric"])
 
 
 @dataclass
@@ -97,10 +112,10 @@ class Evaluation:
 
 def evaluate(samples: dict[str, StructureSamples], constraints: list[dict[str, Any]], cand: Candidate) -> Evaluation:
     values, violated = {}, []
-    physical: dict[str, Dvh] = {}  # one DVH per structure and candidate: lungs carry MLD, V20 and V5
+    physical: dict[str, Dvh] = {}  # one DVH per structure and candidate where a sorted DVH is needed
     for c in constraints:
         name = c["structure"]
-        if name in samples and name not in physical:
+        if name in samples and name not in physical and not structure_metrics(samples[name]).exact:
             physical[name] = _candidate_dvh(samples[name], cand)
         v = constraint_value(samples, c, cand, physical.get(name))
         values[c["id"]] = v
@@ -161,6 +176,10 @@ def search(samples: dict[str, StructureSamples], constraints: list[dict[str, Any
     missing, refusal = missing_required(samples, constraints)
     if refusal:
         return SearchResult(None, [], [], {c["id"]: None for c in constraints}, missing, refusal)
+    for name in {c["structure"] for c in constraints if c["structure"] in samples}:  # the scan's weights: each structure narrows its samples once
+        metrics = structure_metrics(samples[name])
+        if metrics.exact:
+            metrics.hint([_weights(samples[name], c) for c in cands])
     evaluations = [evaluate(samples, constraints, c) for c in cands]
     feasible = [i for i, e in enumerate(evaluations) if e.feasible]
     chosen_index = feasible[-1] if feasible else None

@@ -89,9 +89,12 @@ def solve_weights(target: FloatArray, organs: FloatArray | None = None, organ_we
     fixed = organ_scale**2 * (organs.T @ organs) + n_t * (regulariser.T @ regulariser)  # rows whose weight never changes
     row_weight = np.ones(n_t)
     best, best_hotspot, best_pass = np.ones(n_b), np.inf, 0
+    # A^T diag(q) A and A^T q with q = row_weight^2 (the weighted rows' normal equations), updated
+    # only by the rows whose weight changed: a pass re-weights the cold and hot rows, often a small
+    # share, and forming the full product each pass (n_t x n_b^2) was the solver's largest cost
+    gram, rhs = target.T @ target, target.sum(axis=0)
     for used in range(1, passes + 1):
-        weighted = target * row_weight[:, None]
-        weights = _nnls_from_normal_equations(weighted.T @ weighted + fixed, weighted.T @ row_weight, maxiter=50 * n_b)
+        weights = _nnls_from_normal_equations(gram + fixed, rhs, maxiter=50 * n_b)
         dose = target @ weights
         if not np.any(dose > 0):
             break
@@ -103,7 +106,12 @@ def solve_weights(target: FloatArray, organs: FloatArray | None = None, organ_we
         cold, hot = dose < COVERAGE_D95 + SOLVER_MARGIN, dose > HOTSPOT_DMAX - SOLVER_MARGIN
         if not cold.any() and not hot.any():
             break
-        row_weight = row_weight * np.where(cold | hot, 1.5, 1.0)
+        changed = np.flatnonzero(cold | hot)
+        increase = row_weight[changed] ** 2 * (1.5**2 - 1.0)
+        row_weight[changed] *= 1.5
+        rows = target[changed]
+        gram += rows.T @ (rows * increase[:, None])
+        rhs += rows.T @ increase
     return best, best_pass
 
 
