@@ -99,8 +99,8 @@ def test_search_agrees_with_brute_force_on_the_sample_cohort(sample_run: Path) -
     for _, patient_dir in sample_patients(sample_run):
         plan = json.loads((patient_dir / "plan" / "plan.json").read_text())
         scan = reevaluate_scan(patient_dir, protocol)
-        for cid in ids:  # sub-voxel samples of unit plans vs full dose volumes: the same numbers
-            np.testing.assert_allclose(scan[f"{cid}_recomputed"].astype(float), scan[cid].astype(float), rtol=1e-4, atol=1e-4, err_msg=cid)
+        for cid in ids:  # the independent audit (planning.audit) within its stated tolerance
+            assert scan[f"{cid}_pass"].all(), (cid, scan.loc[~scan[f"{cid}_pass"], [cid, f"{cid}_recomputed", f"{cid}_tolerance"]])
         assert (scan["feasible_recomputed"] == (scan["feasible"].astype(str) == "True")).all()
         test = scan[scan["scan"].str.contains("whole-tumour")].iloc[0]
         assert plan["boost_feasible"] == bool(test["feasible_recomputed"])
