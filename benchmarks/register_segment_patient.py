@@ -3,21 +3,25 @@
 Generates and ingests a sample patient (default preset 'realistic'), or uses an existing
 patient results folder (``--patient-dir``, with ``ingest/`` inside, and ``--truth`` for the
 sample's ground_truth.json). Then runs ``isotox register`` and ``isotox segment`` as child
-processes (time and peak RSS of each alone) and prints the registration error per session
-(tumour centre + 200 points at 10 cm) and the volumes against the truth.
+processes (time and peak RSS of each alone) and prints the seconds per registration session
+(from the stage's log), the registration error per session (tumour centre + 200 points at
+10 cm) and the volumes against the truth. ``--repeat-register`` runs register a second time
+with the same threads and reports whether every output file is byte-identical.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
+import shutil
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
-from _child import REPO, generate_patient, isotox, measure
+from _child import REPO, generate_patient, isotox, measure, run_measured
 
 from isotox.registration.qc import registration_error_mm
 
@@ -27,6 +31,8 @@ def main() -> None:
     parser.add_argument("--preset", default="realistic", choices=["small", "realistic"])
     parser.add_argument("--patient-dir", type=Path, help="an existing results/patients/PID folder with ingest/")
     parser.add_argument("--truth", type=Path, help="the sample patient's ground_truth.json (for the accuracy lines)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeat-register", action="store_true", help="run register twice and compare the outputs byte by byte")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         patient, truth_file = args.patient_dir, args.truth
@@ -38,8 +44,18 @@ def main() -> None:
             print(f"isotox ingest: time_s={seconds:.1f} peak_rss_mb={peak:.0f}")
         truth = json.loads(truth_file.read_text()) if truth_file else None
         config = str(REPO / "config" / "config.yaml")
-        seconds, peak = measure(isotox("register", str(patient), "--config", config, "--threads", "2"))
-        print(f"isotox register (2 threads): time_s={seconds:.1f} peak_rss_mb={peak:.0f}")
+        log = Path(tmp) / "register.log"
+        m = run_measured(isotox("register", str(patient), "--config", config, "--threads", str(args.threads)), log=log)
+        print(f"isotox register ({args.threads} threads): time_s={m.wall_s:.1f} cpu_s={m.cpu_s:.1f} peak_rss_mb={m.peak_mb:.0f}")
+        for session, secs in re.findall(r"(\w+) registered in ([0-9.]+) s", log.read_text()):
+            print(f"  register {session}: time_s={secs}")
+        if args.repeat_register:
+            first = {p.relative_to(patient / "register"): p.read_bytes() for p in sorted((patient / "register").rglob("*")) if p.is_file()}
+            shutil.rmtree(patient / "register")
+            run_measured(isotox("register", str(patient), "--config", config, "--threads", str(args.threads)))
+            second = {p.relative_to(patient / "register"): p.read_bytes() for p in sorted((patient / "register").rglob("*")) if p.is_file()}
+            differ = sorted(str(k) for k in first.keys() | second.keys() if first.get(k) != second.get(k))
+            print(f"register repeated: {len(first)} files, byte-identical: {not differ}" + (f" (differ: {', '.join(differ)})" if differ else ""))
         histology = truth["histology"] if truth else "nsclc_nos"
         seconds, peak = measure(isotox("segment", str(patient), "--histology", histology, "--config", config))
         print(f"isotox segment: time_s={seconds:.1f} peak_rss_mb={peak:.0f}")

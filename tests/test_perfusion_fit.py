@@ -185,3 +185,19 @@ def test_noisy_tofts_voxels_fall_back_to_patlak_not_to_failure() -> None:
     assert result.failed.mean() < 0.1
     assert np.nanmedian(result["ktrans"]) == pytest.approx(0.15, rel=0.2)
     assert np.nanmedian(result["vp"]) == pytest.approx(0.04, abs=0.02)
+
+
+def test_two_compartment_fit_at_a_bound_is_clipped_and_flagged() -> None:
+    """Issue 15: a tissue whose plasma flow (2000 ml/100 ml/min) is beyond the 500 bound of the
+    search ends on the bound. It must come back clipped to 500 and flagged ``at_bound`` (not failed,
+    not silently reported as a measured 500); a tissue well inside the box (Fp 60) must not be
+    flagged and must recover Fp within the OSIPI 5 + 10 %. Nearest wrong answer: an unflagged 500."""
+    t = _ct_frames()
+    aif = parker_aif(t / 60.0, delay_min=0.1)
+    tissue = two_compartment_exchange(t, aif, [2000.0, 60.0], [0.2, 0.2], [0.08, 0.08], [0.25, 0.25])
+    result = fit(t, tissue, aif, "2cxm")
+    assert result.at_bound is not None
+    assert not result.failed.any()
+    assert result.at_bound.tolist() == [True, False]
+    assert result["fp"][0] == pytest.approx(500.0, rel=1e-3)
+    _assert_osipi("fp", result["fp"][1:], np.array([60.0]))

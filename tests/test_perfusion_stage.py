@@ -108,3 +108,25 @@ def test_no_dce_is_a_clear_error_and_structure_aif_needs_an_aorta(sample_run: Pa
     assert not (patient / "perfusion").exists()
     with pytest.raises(ValueError, match="unknown model"):
         PerfusionSettings.from_config({"models": ["gamma_variate"]})
+
+
+def test_tumour_table_leaves_fits_at_a_bound_out_of_every_statistic() -> None:
+    """Issue 15: a 2CXM fit at its Fp bound (500) is a limit, not a measurement. The tumour table's
+    median / mean / IQR use only the voxels not at a bound, and at_bound_fraction reports the share
+    left out. Nearest wrong answer: the statistics over all fitted voxels (median 265 here, the
+    bound dragging it up), which must differ from what the table reports."""
+    from isotox.perfusion.stage import _summaries
+
+    fp = np.array([10.0, 20.0, 30.0, 500.0, 500.0, 500.0, np.nan], dtype=np.float32)
+    bound = np.array([0, 0, 0, 1, 1, 1, np.nan], dtype=np.float32)
+    values = {("GTV", "2cxm_fp"): fp, ("GTV", "2cxm_at_bound"): bound, ("GTV", "2cxm_failed"): np.where(np.isnan(fp), np.nan, 0.0),
+              ("GTV", "2cxm_r2"): np.array([0.9, 0.9, 0.9, 0.1, 0.1, 0.1, np.nan], dtype=np.float32)}
+    table = _summaries(values, {"GTV": 7}).set_index("map")
+    assert set(table.index) == {"2cxm_fp", "2cxm_r2"}  # flag maps are not summarised as parameters
+    row = table.loc["2cxm_fp"]
+    assert row["median"] == pytest.approx(20.0) and row["mean"] == pytest.approx(20.0)
+    assert row["q25"] == pytest.approx(15.0) and row["q75"] == pytest.approx(25.0)
+    assert row["at_bound_fraction"] == pytest.approx(0.5)
+    assert row["coverage"] == pytest.approx(6 / 7)
+    assert table.loc["2cxm_r2", "median"] == pytest.approx(0.9)
+    assert abs(float(np.nanmedian(fp)) - row["median"]) > 100.0  # the wrong answer is far outside any tolerance

@@ -2,9 +2,11 @@
 
 Writes ``aif.tsv`` and ``qc/aif.png`` (the arterial input, blood and plasma), ``maps/*.nii.gz``
 (parametric maps on the planning CT grid: ``{model}_{parameter}``, ``{model}_r2``,
-``{model}_failed``, ``bf_maxslope``), ``tumour_perfusion.tsv`` (per tumour region and
-parameter: voxels, coverage by the slab, median, mean, IQR, failed fraction, plus the
-ROI-mean-curve fit), ``perfusion.json`` and ``qc/ktrans.png``.
+``{model}_failed``, ``{model}_at_bound`` (1 where a parameter was clipped to its bound),
+``bf_maxslope``), ``tumour_perfusion.tsv`` (per tumour region and parameter: voxels, coverage
+by the slab, median, mean, IQR over the voxels *not* at a bound, failed and at-bound
+fractions), ``tumour_roi_fits.tsv`` (the ROI-mean-curve fits, with an ``at_bound`` column),
+``perfusion.json`` and ``qc/ktrans.png``.
 
 Fits run on the motion-corrected DCE grid (where the data are) and the maps are carried onto
 the planning CT with the DCE registration; voxels outside the slab are NaN there.
@@ -113,22 +115,32 @@ def _plot_aif(path: Path, t: NDArray[np.float64], blood: NDArray[np.float64], pl
     plt.close(fig)
 
 
-def _summaries(values: dict[tuple[str, str], NDArray[np.float32]], voxels: dict[str, int]) -> pd.DataFrame:
-    """Per region and map: coverage, median, mean, IQR, and the model's failed/reduced fractions.
+FLAG_MAPS = ("failed", "reduced", "at_bound")
 
-    ``values[(region, map)]`` holds the map's planning-grid values inside the region.
+
+def _summaries(values: dict[tuple[str, str], NDArray[np.float32]], voxels: dict[str, int]) -> pd.DataFrame:
+    """Per region and map: coverage, median, mean, IQR, and the model's failed/reduced/at-bound fractions.
+
+    ``values[(region, map)]`` holds the map's planning-grid values inside the region. Voxels
+    whose fit ended at a parameter bound (``{model}_at_bound``) are left out of every statistic
+    of that model's maps: a clipped value is the edge of the search box, not a measurement (a
+    2CXM median Fp of exactly 500 ml/100 ml/min is the bound, not the tumour). Their share of
+    the fitted voxels is ``at_bound_fraction``, which is the fraction excluded.
     """
     rows = []
     for (region, name), v_all in values.items():
-        if name.endswith(("_failed", "_reduced")):
+        if name.endswith(tuple(f"_{kind}" for kind in FLAG_MAPS)):
             continue
         inside = np.isfinite(v_all)
         row: dict[str, Any] = {"region": region, "map": name, "voxels": voxels[region], "coverage": float(inside.mean())}
         model = name.split("_")[0]
-        for kind in ("failed", "reduced"):
+        for kind in FLAG_MAPS:
             flags = values.get((region, f"{model}_{kind}"))
             if flags is not None:
                 row[f"{kind}_fraction"] = float(np.nanmean(flags)) if np.isfinite(flags).any() else float("nan")
+        bound = values.get((region, f"{model}_at_bound"))
+        if bound is not None:
+            inside &= ~(bound > 0)
         v = v_all[inside]
         row.update({"median": float(np.median(v)) if v.size else float("nan"), "mean": float(v.mean()) if v.size else float("nan"),
                     "q25": float(np.percentile(v, 25)) if v.size else float("nan"), "q75": float(np.percentile(v, 75)) if v.size else float("nan")})
@@ -189,7 +201,7 @@ def perfusion_patient(patient_dir: str | Path, settings: PerfusionSettings | Non
         where = regions[settings.nonlinear_region if model == "2cxm" else settings.fit_region]
         curves = enh[:, where].T
         result = fit(t, curves, plasma, model, delay=delay, delay_range_s=(0.0, settings.delay_max_s))
-        extra = {"r2": result.r2, "failed": result.failed.astype(float)}
+        extra = {"r2": result.r2, "failed": result.failed.astype(float), "at_bound": result.at_bound.astype(float)}
         if result.reduced is not None and model in ("tofts", "etofts"):
             extra["reduced"] = result.reduced.astype(float)
         for name in (*PARAMETERS[model], *extra) + (("delay",) if delay == "fit" else ()):
@@ -198,7 +210,8 @@ def perfusion_patient(patient_dir: str | Path, settings: PerfusionSettings | Non
             full[where] = values
             dce_maps[f"{model}_{name}"] = full
         fit_stats[model] = {"voxels": int(where.sum()), "failed_fraction": float(result.failed.mean()), "median_r2": float(np.nanmedian(result.r2)),
-                            "reduced_fraction": float(result.reduced.mean()) if result.reduced is not None else 0.0}
+                            "reduced_fraction": float(result.reduced.mean()) if result.reduced is not None else 0.0,
+                            "at_bound_fraction": float(result.at_bound.mean())}
     bf = np.full(body.shape, np.nan)
     padded = np.pad(enh[:, body].T, ((0, 0), (1, 1)), mode="edge")
     curves_s = (padded[:, :-2] + padded[:, 1:-1] + padded[:, 2:]) / 3.0  # 3-frame moving average against slope noise
@@ -212,7 +225,8 @@ def perfusion_patient(patient_dir: str | Path, settings: PerfusionSettings | Non
         mean_curve = enh_raw[:, tumour_dce].mean(axis=1)
         for model in settings.models:
             r = fit(t, mean_curve, plasma, model, delay=delay, delay_range_s=(0.0, settings.delay_max_s))
-            roi_fits.append({"region": "GTV", "curve": "ROI mean", "model": model, **{k: float(v[0]) for k, v in r.params.items()}, "r2": float(r.r2[0])})
+            roi_fits.append({"region": "GTV", "curve": "ROI mean", "model": model, **{k: float(v[0]) for k, v in r.params.items()}, "r2": float(r.r2[0]),
+                             "at_bound": bool(r.at_bound[0])})
         roi_fits.append({"region": "GTV", "curve": "ROI mean", "model": "maxslope", "bf": float(max_slope_flow(t, mean_curve[None, :], aif.blood_hu)[0])})
     summary = {"patient_id": patient, "settings": asdict(settings), "frames": int(len(t)), "baseline_frames": int(n_base),
                "aif": {"source": aif.source, "voxels": int(aif.mask.sum()), "peak_blood_hu": aif.peak_hu, "time_to_peak_s": aif.time_to_peak_s,

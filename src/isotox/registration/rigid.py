@@ -39,6 +39,8 @@ class RegistrationSettings:
     min_lung_dice: float = 0.8
     seed: int = 20240101
     threads: int = 1
+    #: metric samples per pyramid level at most (a fixed count, not a share of a 512 x 512 CT)
+    max_samples: int = 50_000
 
     @classmethod
     def from_config(cls, section: dict[str, Any] | None, threads: int = 1) -> "RegistrationSettings":
@@ -62,11 +64,21 @@ class RigidResult:
     levels: list[float] = field(default_factory=list)
 
 
-def _method(settings: RegistrationSettings, fixed_mask: sitk.Image | None, moving_mask: sitk.Image | None) -> sitk.ImageRegistrationMethod:
+def _method(settings: RegistrationSettings, fixed_mask: sitk.Image | None, moving_mask: sitk.Image | None,
+            percentage: float | None = None) -> sitk.ImageRegistrationMethod:
+    """Mattes MI with a seeded random sample, run on one thread.
+
+    One thread because the metric's multi-threaded reduction sums per-thread histograms in
+    an order that varies from run to run: with two threads, two runs on the same input
+    differed by ~1e-9 in the transform (issue 18); see ``_execute_single_threaded``.
+    Everything around the optimiser (pyramid, smoothing, resampling) is per voxel and stays
+    multi-threaded, which is deterministic.
+    """
     reg = sitk.ImageRegistrationMethod()
+    reg.SetNumberOfThreads(1)
     reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=settings.histogram_bins)
     reg.SetMetricSamplingStrategy(reg.RANDOM)
-    reg.SetMetricSamplingPercentage(settings.sampling_percentage, settings.seed)
+    reg.SetMetricSamplingPercentage(settings.sampling_percentage if percentage is None else percentage, settings.seed)
     if fixed_mask is not None:
         reg.SetMetricFixedMask(fixed_mask)
     if moving_mask is not None:
@@ -96,38 +108,89 @@ def working_resolution(image: sitk.Image, mask: NDArray[np.bool_] | None, spacin
     return small, sitk.GetArrayFromImage(shrunk) >= 0.5
 
 
+def _execute_single_threaded(reg: sitk.ImageRegistrationMethod, fixed: sitk.Image, moving: sitk.Image, threads: int) -> None:
+    """``reg.Execute`` with every ITK object it creates on one thread (see ``_method``): the
+    metric and its helpers take the *global* default thread count, not the method's, so the
+    global default is 1 for the duration and ``threads`` again afterwards."""
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
+    try:
+        reg.Execute(fixed, moving)
+    finally:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(max(1, threads))
+
+
+def _block_average(image: sitk.Image, mask: NDArray[np.bool_] | None, factor: int, sigma_mm: float) -> tuple[sitk.Image, sitk.Image | None, int]:
+    """One pyramid level: ``image`` block-averaged by ``factor`` per axis (never below 4 voxels
+    on an axis: thin DCE slabs), smoothed by ``sigma_mm`` on the small grid; the mask
+    subsampled alike. Returns (image, mask image, mask voxels)."""
+    factors = [max(1, min(factor, n // 4)) for n in image.GetSize()]
+    shrink = any(f > 1 for f in factors)
+    small = sitk.BinShrink(image, factors) if shrink else image
+    if sigma_mm > 0:
+        small = sitk.SmoothingRecursiveGaussian(small, sigma_mm)
+    if mask is None:
+        return small, None, int(np.prod(small.GetSize()))
+    mask_f = sitk.Cast(mask_image(image, mask), sitk.sitkFloat32)
+    shrunk = sitk.BinShrink(mask_f, factors) if shrink else mask_f
+    small_mask = sitk.GetArrayFromImage(shrunk) >= 0.5
+    return small, mask_image(small, small_mask), int(small_mask.sum())
+
+
+def _centroid_mm(image: sitk.Image, mask: NDArray[np.bool_]) -> NDArray[np.float64]:
+    kji = np.argwhere(mask).mean(axis=0)
+    return np.asarray(image.TransformContinuousIndexToPhysicalPoint([float(v) for v in kji[::-1]]))
+
+
 def register_rigid(fixed: sitk.Image, moving: sitk.Image, settings: RegistrationSettings,
                    fixed_mask: NDArray[np.bool_] | None = None, moving_mask: NDArray[np.bool_] | None = None,
                    initial: sitk.Transform | None = None) -> RigidResult:
     """Rigid Euler transform fixed -> moving, multi-resolution, restricted to the body masks.
 
     The centre of rotation is the fixed mask's centroid (rotations then barely move the
-    tumour region, which keeps the optimiser's scales balanced).
+    tumour region, which keeps the optimiser's scales balanced). Without ``initial``, the
+    start is centred: the body masks' centroids are aligned in-plane (x, y; the cranio-caudal
+    centroid depends on each scan's field of view, so z starts from the scanners' frames).
+
+    The pyramid is built here by block averaging (float32) at each level's factor and
+    smoothing the small image, so no level ever smooths the full-resolution scan, and each
+    level's metric uses at most ``settings.max_samples`` random samples (a share of a CT's
+    body would be ~10^6 per evaluation at the finest level, where 5 x 10^4 pin down six
+    parameters). Each level starts from the previous level's result.
     """
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(max(1, settings.threads))
     fixed, fixed_mask = working_resolution(fixed, fixed_mask, settings.working_spacing_mm)
     moving, moving_mask = working_resolution(moving, moving_mask, settings.working_spacing_mm)
     fixed_f = sitk.Cast(fixed, sitk.sitkFloat32)
     moving_f = sitk.Cast(moving, sitk.sitkFloat32)
-    fm = mask_image(fixed, fixed_mask) if fixed_mask is not None else None
-    mm = mask_image(moving, moving_mask) if moving_mask is not None else None
     tx = sitk.Euler3DTransform()
     if fixed_mask is not None:
-        kji = np.argwhere(fixed_mask).mean(axis=0)
-        tx.SetCenter(fixed.TransformContinuousIndexToPhysicalPoint([float(v) for v in kji[::-1]]))
+        tx.SetCenter(tuple(_centroid_mm(fixed, fixed_mask)))
     if initial is not None:  # same mapping, re-expressed about our centre: t = T(c) - c
         start = sitk.Euler3DTransform(initial)
         tx.SetRotation(start.GetAngleX(), start.GetAngleY(), start.GetAngleZ())
         tx.SetTranslation(tuple(np.asarray(initial.TransformPoint(tx.GetCenter())) - np.asarray(tx.GetCenter())))
-    reg = _method(settings, fm, mm)
-    reg.SetOptimizerAsRegularStepGradientDescent(learningRate=2.0, minStep=1e-3, numberOfIterations=settings.iterations,
-                                                 relaxationFactor=0.6, gradientMagnitudeTolerance=1e-6)
-    reg.SetOptimizerScalesFromPhysicalShift()
-    reg.SetInitialTransform(tx, inPlace=True)
+    elif fixed_mask is not None and moving_mask is not None and fixed_mask.any() and moving_mask.any():
+        shift = _centroid_mm(moving, moving_mask) - _centroid_mm(fixed, fixed_mask)
+        tx.SetTranslation((float(shift[0]), float(shift[1]), 0.0))
     levels: list[float] = []
-    reg.AddCommand(sitk.sitkMultiResolutionIterationEvent, lambda: levels.append(reg.GetMetricValue()))
-    reg.Execute(fixed_f, moving_f)
-    return RigidResult(tx, float(reg.GetMetricValue()), int(reg.GetOptimizerIteration()), reg.GetOptimizerStopConditionDescription(), levels)
+    iterations = 0
+    reg = None
+    for factor, sigma in zip(settings.shrink_factors, settings.smoothing_sigmas_mm, strict=True):
+        f_level, fm_level, count = _block_average(fixed_f, fixed_mask, factor, sigma)
+        m_level, mm_level, _ = _block_average(moving_f, moving_mask, factor, sigma)
+        share = min(settings.sampling_percentage, settings.max_samples / max(1, count))
+        reg = _method(settings, fm_level, mm_level, share)
+        reg.SetShrinkFactorsPerLevel([1])
+        reg.SetSmoothingSigmasPerLevel([0.0])
+        reg.SetOptimizerAsRegularStepGradientDescent(learningRate=2.0, minStep=1e-3, numberOfIterations=settings.iterations,
+                                                     relaxationFactor=0.6, gradientMagnitudeTolerance=1e-6)
+        reg.SetOptimizerScalesFromPhysicalShift()
+        reg.SetInitialTransform(tx, inPlace=True)
+        _execute_single_threaded(reg, f_level, m_level, settings.threads)
+        levels.append(float(reg.GetMetricValue()))
+        iterations += int(reg.GetOptimizerIteration())
+    assert reg is not None, "registration needs at least one pyramid level"
+    return RigidResult(tx, levels[-1], iterations, reg.GetOptimizerStopConditionDescription(), levels)
 
 
 def refine_bspline(fixed: sitk.Image, moving: sitk.Image, rigid: sitk.Transform, settings: RegistrationSettings,
@@ -147,6 +210,6 @@ def refine_bspline(fixed: sitk.Image, moving: sitk.Image, rigid: sitk.Transform,
     reg.SetOptimizerAsLBFGSB(gradientConvergenceTolerance=1e-5, numberOfIterations=settings.bspline_iterations)
     reg.SetMovingInitialTransform(rigid)
     reg.SetInitialTransform(bspline, inPlace=True)
-    reg.Execute(fixed_f, moving_f)
+    _execute_single_threaded(reg, fixed_f, moving_f, settings.threads)
     composite = sitk.CompositeTransform([rigid, bspline])
     return composite, float(reg.GetMetricValue())

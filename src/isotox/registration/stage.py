@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +89,11 @@ def _register_dce(ingest: Path, out: Path, planning: sitk.Image, planning_body: 
             "max_motion_mm": float(corrected.table["max_displacement_mm"].max()), "flagged": False}
 
 
+def _log_time(patient: str, session: str, start: float) -> None:
+    """Seconds per session go to the log, not to qc.json: the stage's outputs must be identical run to run."""
+    log.info("%s: %s registered in %.1f s", patient, session, time.perf_counter() - start)
+
+
 def register_patient(patient_dir: str | Path, settings: RegistrationSettings | None = None, patient_id: str | None = None) -> dict[str, Any]:
     """Run stage 2 for one patient; returns what ``register/qc.json`` holds."""
     patient_dir = Path(patient_dir)
@@ -106,8 +112,12 @@ def register_patient(patient_dir: str | Path, settings: RegistrationSettings | N
     with atomic_path(patient_dir / STAGE) as out:
         (out / "qc").mkdir(parents=True)
         for session in PET_SESSIONS:
+            start = time.perf_counter()
             summary["sessions"][session] = _register_pet_session(session, ingest, out, planning, planning_body, planning_lungs, target, settings, patient)
+            _log_time(patient, session, start)
+        start = time.perf_counter()
         summary["sessions"]["dce"] = _register_dce(ingest, out, planning, planning_body, settings)
+        _log_time(patient, "dce", start)
         summary["flagged"] = sorted(s for s, r in summary["sessions"].items() if r.get("flagged"))
         (out / "qc.json").write_text(json.dumps(summary, indent=2, default=float) + "\n", encoding="utf-8")
     return summary
