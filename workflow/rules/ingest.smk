@@ -4,7 +4,7 @@
 
 rule ingest:
     input:
-        dicom=ingest_source,
+        dicom=ingest_input,
     output:
         stage=directory(f"{RESULTS}/patients/{{pid}}/ingest"),
     params:

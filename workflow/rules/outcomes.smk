@@ -6,11 +6,15 @@ OUTCOMES = f"{RESULTS}/cohort/outcomes"
 
 rule cohort_table:
     input:
-        segment=expand(f"{RESULTS}/patients/{{pid}}/segment", pid=PATIENTS),
-        perfusion=expand(f"{RESULTS}/patients/{{pid}}/perfusion", pid=PATIENTS),
-        plan=expand(f"{RESULTS}/patients/{{pid}}/plan", pid=PATIENTS),
+        segment=expand(f"{RESULTS}/patients/{{pid}}/segment", pid=cohort_table_patients()),
+        perfusion=expand(f"{RESULTS}/patients/{{pid}}/perfusion", pid=cohort_table_patients()),
+        plan=expand(f"{RESULTS}/patients/{{pid}}/plan", pid=cohort_table_patients()),
     output:
         table=report(f"{RESULTS}/cohort/patients.tsv", caption="../report/patients.rst", category="Cohort tables"),
+    params:
+        patient_dirs=expand(f"{RESULTS}/patients/{{pid}}", pid=PATIENTS),
+        log_root=f"{RESULTS}/logs",
+        known_failures=known_failures(),
     log:
         f"{RESULTS}/logs/cohort_table.log",
     threads: 1

@@ -41,6 +41,7 @@ class Series:
     warnings: list[str] = field(default_factory=list)
     frames: list[int | None] = field(default_factory=list)  # frame index in a multi-frame file, None for a single-frame file
     no_file_meta: int = 0  # files of the series read without preamble/file meta header
+    conflicts: list[tuple[str, Path, Path]] = field(default_factory=list)  # (SOP instance, file, other file) with different pixels: unusable
 
     def __post_init__(self) -> None:
         if not self.frames:
@@ -139,15 +140,21 @@ def index_folder(folder: str | Path, patient: str) -> PatientIndex:
     for uid, items in grouped.items():
         modalities = Counter(str(h.get("Modality", "")) for _, h, _, _ in items)
         keep: dict[tuple[str, int | None], tuple[Path, Dataset, int | None, bool]] = {}
+        conflicts: list[tuple[str, Path, Path]] = []
         for item in items:  # the same instance reached twice (a copy, or two links to one folder): one kept
-            keep.setdefault((str(item[1].SOPInstanceUID), item[2]), item)
+            first = keep.setdefault((str(item[1].SOPInstanceUID), item[2]), item)
+            if first is not item and not _same_instance(first[0], item[0]):
+                conflicts.append((str(item[1].SOPInstanceUID), first[0], item[0]))
         unique = list(keep.values())
         s = Series(uid, modalities.most_common(1)[0][0], [p for p, *_ in unique], [h for _, h, _, _ in unique],
                    frames=[k for _, _, k, _ in unique], no_file_meta=len({p for p, _, _, raw in unique if raw}))
+        s.conflicts = conflicts
         if len(modalities) > 1:
             s.warnings.append(f"mixed modalities in one series: {dict(modalities)}")
         duplicated = len(items) - len(unique)
-        if duplicated:
+        if conflicts:
+            s.warnings.append(f"{len(conflicts)} SOP instance(s) stored twice with different pixel data: the series cannot be used")
+        elif duplicated:
             s.warnings.append(f"{duplicated} SOP instance(s) present more than once: one copy kept")
         if s.no_file_meta:
             s.warnings.append(f"{s.no_file_meta} file(s) with {NO_FILE_META}")
@@ -157,9 +164,26 @@ def index_folder(folder: str | Path, patient: str) -> PatientIndex:
     return PatientIndex(next(iter(ids)), series, skipped)
 
 
+def _same_instance(a: Path, b: Path) -> bool:
+    """Two files of one SOP instance: the same copy if the bytes, or at least the pixel data, agree
+    (a copy re-saved by another tool keeps the pixels); different pixels are two images under one UID."""
+    if os.path.samefile(a, b) or a.read_bytes() == b.read_bytes():
+        return True
+    try:
+        return bool(read_dicom(a).dataset.get("PixelData") == read_dicom(b).dataset.get("PixelData"))
+    except Exception:  # noqa: BLE001 - an unreadable copy cannot be shown to be the same image
+        return False
+
+
 def load_pixels(series: Series, patient: str) -> list[Dataset]:
     """Read the full datasets (with pixel data) of a series, one per header (a multi-frame file's
-    frames as single-frame datasets); a truncated file is an error naming it."""
+    frames as single-frame datasets); a truncated file is an error naming it, and so is one SOP
+    instance stored twice with different pixels (which of the two is the image is not ours to guess)."""
+    if series.conflicts:
+        uid, first, other = series.conflicts[0]
+        more = f" ({len(series.conflicts) - 1} more SOP instance(s) like it)" if len(series.conflicts) > 1 else ""
+        raise InputDataError(patient, first, f"SOPInstanceUID {uid} is also in {other} with different pixel data{more}",
+                             "remove the wrong copy (two exports of one image with different pixels), or re-export the series")
     full: list[Dataset] = []
     frames_of: dict[Path, list[Dataset]] = {}
     for path, frame in zip(series.files, series.frames):

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from isotox.errors import ConfigError
 from isotox.settings.documents import table_row_errors
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -29,17 +31,23 @@ def check_patient_id(patient_id: str, file: str | Path = "<cohort>") -> str:
     return patient_id
 
 
-def read_cohort_sheet(path: str | Path) -> pd.DataFrame:
+def read_cohort_sheet(path: str | Path, *, check_dirs: bool = False) -> pd.DataFrame:
     """Read and validate a cohort TSV; return it indexed by ``patient_id`` and sorted.
 
     Every cell is read as text (ids like '007' keep their zeros); empty cells count as absent.
-    All problems of all rows are collected, so a user fixes the sheet in one pass.
+    All problems of all rows are collected, so a user fixes the sheet in one pass. A UTF-8 byte
+    order mark (Excel's 'UTF-8' export) and Windows line endings are read as if absent.
+
+    ``check_dirs``: also refuse a ``dicom_dir`` that is not a folder (``isotox validate cohort``).
+    The workflow does not: there a missing folder fails that patient's jobs only (``--keep-going``).
     """
+    import pandas as pd  # here, not at module level: ingest imports isotox.settings and needs no pandas
+
     path = Path(path)
     if not path.is_file():
         raise ConfigError(path, "cohort sheet not found (set cohort.sheet in the config)")
     try:
-        sheet = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, comment=None)
+        sheet = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, comment=None, encoding="utf-8-sig")
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise ConfigError(path, f"cannot be read as a tab-separated table: {exc}") from exc
     sheet.columns = [c.strip() for c in sheet.columns]
@@ -54,6 +62,11 @@ def read_cohort_sheet(path: str | Path) -> pd.DataFrame:
     duplicated = sheet["patient_id"][sheet["patient_id"].duplicated()].unique()
     for pid in duplicated:
         problems.append(f"patient id {pid!r} appears more than once")
+    if check_dirs and "dicom_dir" in sheet.columns:
+        for line_no, (pid, folder) in enumerate(zip(sheet["patient_id"], sheet["dicom_dir"]), start=2):
+            if folder.strip() and not Path(folder.strip()).is_dir():
+                problems.append(f"line {line_no} ({pid}), column 'dicom_dir': folder {folder.strip()!r} not found "
+                                "(relative paths are read from the working directory)")
     if problems:
         shown = "; ".join(problems[:10])
         more = f" (and {len(problems) - 10} more)" if len(problems) > 10 else ""

@@ -82,6 +82,9 @@ def load_validated_yaml(path: str | Path, schema_name: str) -> dict[str, Any]:
         with path.open(encoding="utf-8") as fh:
             doc = yaml.safe_load(fh)
     except yaml.YAMLError as exc:
-        raise ConfigError(path, f"is not valid YAML: {exc}") from exc
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(path, f"is not valid YAML{where}: {problem}") from exc
     validate_document(doc, schema_name, path)
     return doc
