@@ -19,6 +19,19 @@ include: "workflow/rules/segment.smk"
 include: "workflow/rules/perfusion.smk"
 include: "workflow/rules/plan.smk"
 include: "workflow/rules/outcomes.smk"
+include: "workflow/rules/strategies.smk"
+include: "workflow/rules/provenance.smk"
+
+
+# Cohort-level steps are seconds of work on small tables: on a cluster they run in the main
+# Snakemake process instead of each waiting in the queue for a job of its own.
+localrules:
+    all,
+    sample_cohort_tables,
+    cohort_table,
+    outcomes,
+    strategies_cohort,
+    provenance,
 
 
 rule all:

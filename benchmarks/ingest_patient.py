@@ -9,13 +9,10 @@ images only: it does no SUV conversion, role assignment or RTSTRUCT rasterisatio
 from __future__ import annotations
 
 import argparse
-import shutil
-import subprocess
 import tempfile
-import time
 from pathlib import Path
 
-from _child import REPO, generate_patient, isotox, measure
+from _child import REPO, dcm2niix_binary, generate_patient, isotox, run_measured
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
@@ -29,23 +26,23 @@ def main() -> None:
             seconds = generate_patient(tmp_path / "P", args.preset)
             print(f"generated preset={args.preset} in {seconds:.1f} s")
             dicom = tmp_path / "P" / "dicom"
-        seconds, peak = measure(isotox("ingest", str(dicom), str(tmp_path / "out" / "P"), "--roi-names", str(REPO / "config" / "roi_names.yaml")))
-        print(f"isotox ingest: time_s={seconds:.1f} peak_rss_mb={peak:.0f}")
-        if shutil.which("dcm2niix") is None:
+        m = run_measured(isotox("ingest", str(dicom), str(tmp_path / "out" / "P"), "--roi-names", str(REPO / "config" / "roi_names.yaml")))
+        print(f"isotox ingest: time_s={m.wall_s:.1f} cpu_s={m.cpu_s:.1f} peak_rss_mb={m.peak_mb:.0f}")
+        dcm2niix = dcm2niix_binary()
+        if dcm2niix is None:
             print("dcm2niix: not installed (pip install dcm2niix)")
             return
         import pydicom
 
         folders = sorted({p.parent for p in dicom.rglob("*.dcm")})
         images = [f for f in folders if pydicom.dcmread(next(f.glob("*.dcm")), stop_before_pixels=True).Modality in ("CT", "PT")]
-        total = 0.0
+        wall = cpu = 0.0
         for folder in images:
             out = tmp_path / "dcm2niix" / folder.name
             out.mkdir(parents=True)
-            start = time.perf_counter()
-            subprocess.run(["dcm2niix", "-z", "y", "-o", str(out), str(folder)], check=True, stdout=subprocess.DEVNULL)
-            total += time.perf_counter() - start
-        print(f"dcm2niix (the {len(images)} image series, gz): time_s={total:.1f}")
+            m = run_measured([dcm2niix, "-z", "y", "-o", str(out), str(folder)])
+            wall, cpu = wall + m.wall_s, cpu + m.cpu_s
+        print(f"dcm2niix (the {len(images)} image series, gz): time_s={wall:.1f} cpu_s={cpu:.1f}")
 
 
 if __name__ == "__main__":

@@ -25,17 +25,18 @@ def _cmd_sample_cohort(args: argparse.Namespace) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from isotox.settings import RoiNameMap, load_protocol, load_validated_yaml, read_cohort_sheet
+    from isotox.settings import RoiNameMap, load_protocol, read_cohort_sheet
+    from isotox.settings.run_config import load_run_config
 
     kind = args.kind
     if kind == "protocol":
         load_protocol(args.file)
     elif kind == "cohort":
-        read_cohort_sheet(args.file)
+        read_cohort_sheet(args.file, check_dirs=True)  # here, unlike in a run, a missing DICOM folder fails the sheet
     elif kind == "roi_names":
         RoiNameMap.from_yaml(args.file)
     else:
-        load_validated_yaml(args.file, "config")
+        load_run_config(args.file)  # the schema, and the files the config names
     print(f"{args.file}: valid {kind}")
     return 0
 
@@ -156,7 +157,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     protocol = _protocol_path(args.protocol, config, bool(args.config))
     doc = plan_patient(args.patient_dir, protocol, arm=args.arm, settings=settings, patient_id=args.patient_id)
     keys = ("patient_id", "protocol", "dose_source", "feasible", "prescribed_dose_gy", "fractions", "boost_feasible", "boost_total_gy",
-            "limiting_constraints", "coverage", "dose_metrics", "radiobiology", "flags", "seconds")
+            "limiting_constraints", "coverage", "dose_metrics", "radiobiology", "flags")
     print(json.dumps({k: doc.get(k) for k in keys}, indent=2, default=float))
     return 0
 

@@ -17,6 +17,7 @@ converted, a missing HX4 or DCE, an RTSTRUCT on another frame of reference... ar
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 from collections import Counter
@@ -24,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import SimpleITK as sitk
 
 from isotox.atomic import atomic_path
@@ -34,9 +34,9 @@ from isotox.dicomio.roles import assign_roles, parse_overrides
 from isotox.dicomio.reading import NO_FILE_META, read_dataset
 from isotox.dicomio.rtdose import read_rtdose
 from isotox.dicomio.tps_dose import check_plan_has_no_boost, check_tps_dose, covered_fraction
-from isotox.dicomio.rtstruct_reader import read_structure_set
+from isotox.dicomio.rtstruct_reader import StructureSetError, read_structure_set
 from isotox.dicomio.suv import rescaled, suv_conversion
-from isotox.dicomio.volume import IrregularPolicy, SliceGeometry, slice_geometry, stack, to_image
+from isotox.dicomio.volume import IrregularPolicy, SliceGeometry, non_axial_note, slice_geometry, stack, to_image
 from isotox.errors import InputDataError
 from isotox.geometry import ImageGrid
 from isotox.settings.roi_names import RoiNameMap
@@ -51,10 +51,24 @@ def _volume(series: Series, patient: str, policy: IrregularPolicy) -> tuple[Slic
     return geometry, [datasets[i] for i in geometry.order]
 
 
+def check_rescale_numbers(slices: list[Any], paths: list[Path], patient: str) -> None:
+    """RescaleSlope/RescaleIntercept that are not numbers are an error naming the file and tag
+    (float() alone would say only 'could not convert string to float')."""
+    for ds, path in zip(slices, paths):
+        for keyword, tag in (("RescaleSlope", "(0028,1053)"), ("RescaleIntercept", "(0028,1052)")):
+            value = ds.get(keyword)
+            try:
+                float(value) if value not in (None, "") else 0.0
+            except (TypeError, ValueError):
+                raise InputDataError(patient, path, f"{keyword} {tag} is {str(value)!r}, not a number",
+                                     "re-export the series: the rescale tags must be numbers") from None
+
+
 def _ct_image(series: Series, patient: str, policy: IrregularPolicy) -> tuple[sitk.Image, SliceGeometry, list[Any]]:
+    check_rescale_numbers(series.headers, series.files, patient)
     geometry, slices = _volume(series, patient, policy)
-    hu = stack(geometry, [rescaled(ds) for ds in slices])
-    return to_image(geometry.grid, np.rint(hu).clip(-32768, 32767).astype(np.int16)), geometry, slices
+    hu = stack(geometry, (rescaled(ds) for ds in slices), np.int16)  # plane by plane: no float64 volume
+    return to_image(geometry.grid, hu), geometry, slices
 
 
 def _dicom_reference(series: Series, slices: list[Any], geometry: SliceGeometry) -> dict[str, Any]:
@@ -76,15 +90,15 @@ def pet_suv_image(series: Series, patient: str, policy: IrregularPolicy) -> tupl
     """One PET series as an SUVbw image (float32) on its own grid, with its geometry and conversion record."""
     geometry, slices = _volume(series, patient, policy)
     conversion = suv_conversion(slices, patient, series.files[0])
-    suv = stack(geometry, [rescaled(ds) * f for ds, f in zip(slices, conversion.factors)])
-    return to_image(geometry.grid, suv.astype(np.float32)), geometry, conversion.as_dict()
+    suv = stack(geometry, (rescaled(ds) * f for ds, f in zip(slices, conversion.factors)), np.float32)
+    return to_image(geometry.grid, suv), geometry, conversion.as_dict()
 
 
-def _dce_image(series: Series, patient: str, policy: IrregularPolicy) -> tuple[sitk.Image, SliceGeometry, pd.DataFrame, list[str]]:
+def _dce_image(series: Series, patient: str, policy: IrregularPolicy) -> tuple[sitk.Image, SliceGeometry, list[dict[str, Any]], list[str]]:
     """4-D DCE-CT: one volume per acquisition, frames ordered by acquisition time (never by
     AcquisitionNumber alone: when the two disagree the times win and a warning says so); times must
     increase strictly. Returns the image, the first frame's geometry, the frame table and warnings."""
-    datasets = load_pixels(series, patient)
+    datasets: list[Any] = load_pixels(series, patient)  # an entry becomes None once its frame is stacked
     def frame_key(ds: Any) -> tuple[Any, ...]:
         return (int(ds.get("AcquisitionNumber") or 0), str(ds.get("AcquisitionTime", "")))
     def when(key: tuple[Any, ...]) -> Any:
@@ -101,27 +115,41 @@ def _dce_image(series: Series, patient: str, policy: IrregularPolicy) -> tuple[s
     if len({k[0] for k in keys}) == len(keys) and by_time != keys:
         warnings.append("DCE frames: AcquisitionNumber order disagrees with AcquisitionTime; frames ordered by time")
     keys = by_time
-    frames, grid_ref, geometry_ref, times = [], None, None, []
+    members_of: dict[tuple[Any, ...], list[int]] = {}
+    for i, ds in enumerate(datasets):
+        members_of.setdefault(frame_key(ds), []).append(i)
+    frames: list[sitk.Image] = []  # float32 images, one per frame: no float64 or numpy copy of the 4-D series
+    grid_ref, geometry_ref, times = None, None, []
     for key in keys:
-        members = [i for i, ds in enumerate(datasets) if frame_key(ds) == key]
+        members = members_of[key]
         geometry = slice_geometry([datasets[i] for i in members], [str(series.files[i]) for i in members], patient, policy)
         if grid_ref is not None and geometry.grid != grid_ref:
             raise InputDataError(patient, series.files[members[0]], f"DCE frame {key} has a different geometry than the first frame", "export all frames on one grid")
         grid_ref, geometry_ref = geometry.grid, geometry
         warnings.extend(f"DCE frame {len(frames)} (AcquisitionNumber {key[0]}): {w}" for w in geometry.warnings)
-        frames.append(stack(geometry, [rescaled(datasets[members[i]]) for i in geometry.order]).astype(np.float32))
+        frames.append(to_image(geometry.grid, stack(geometry, (rescaled(datasets[members[i]]) for i in geometry.order), np.float32)))
         times.append(times_of[key])
+        for i in members:  # this frame's DICOM pixels are done with: at the end only the frames and their join exist
+            datasets[i] = None
     t0 = times[0]
     seconds = [seconds_between(t0, t) for t in times]
     if any(b <= a for a, b in zip(seconds, seconds[1:])):
         raise InputDataError(patient, series.files[0], "two DCE frames have the same acquisition time", "export the DCE series with distinct frame times")
-    table = pd.DataFrame({"frame": range(len(frames)), "time_s": seconds,
-                          "acquisition_time": [t.strftime("%H%M%S.%f") for t in times]})
-    image = sitk.JoinSeries([to_image(grid_ref, f) for f in frames])  # type: ignore[arg-type]
+    table = [{"frame": k, "time_s": s, "acquisition_time": t.strftime("%H%M%S.%f")} for k, (s, t) in enumerate(zip(seconds, times))]
+    image = sitk.JoinSeries(frames)
     return image, geometry_ref, table, warnings  # type: ignore[return-value]
 
 
-def _series_table(index: PatientIndex, roles: dict[str, str], reasons: dict[str, str], tracers: dict[str, str], uptake: dict[str, float]) -> pd.DataFrame:
+def _write_tsv(path: Path, rows: list[dict[str, Any]]) -> None:
+    """A tab-separated table with a header row, as pandas' ``to_csv(sep="\t", index=False)`` writes
+    it, with the csv module: pandas costs ingest ~0.3 s of import and nothing else needs it here."""
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]), delimiter="\t", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _series_table(index: PatientIndex, roles: dict[str, str], reasons: dict[str, str], tracers: dict[str, str], uptake: dict[str, float]) -> list[dict[str, Any]]:
     role_of = {uid: role for role, uid in roles.items()}
     rows = []
     for uid, s in sorted(index.series.items(), key=lambda kv: (kv[1].modality, kv[1].description)):
@@ -135,7 +163,7 @@ def _series_table(index: PatientIndex, roles: dict[str, str], reasons: dict[str,
             "uptake_min": round(uptake[uid], 1) if uid in uptake else "",
             "folder": str(Path(s.files[0]).parent), "warnings": " | ".join(s.warnings),
         })
-    return pd.DataFrame(rows)
+    return rows
 
 
 def ingest_patient(dicom_dir: str | Path, patient_dir: str | Path, *, patient_id: str | None = None,
@@ -169,16 +197,19 @@ def ingest_patient(dicom_dir: str | Path, patient_dir: str | Path, *, patient_id
     for role, uid in sorted(roles.items()):
         if index.series[uid].no_file_meta:
             meta["warnings"].append(f"{role}: {index.series[uid].no_file_meta} file(s) with {NO_FILE_META}")
+        meta["warnings"].extend(f"{role}: {w}" for w in index.series[uid].warnings if NO_FILE_META not in w)  # duplicates, mixed modalities...
     with atomic_path(patient_dir / STAGE) as out:
         out.mkdir(parents=True)
-        _series_table(index, roles, assignment.reasons, assignment.tracers, assignment.uptake_min).to_csv(out / "series.tsv", sep="\t", index=False)
+        _write_tsv(out / "series.tsv", _series_table(index, roles, assignment.reasons, assignment.tracers, assignment.uptake_min))
 
         planning_series = index.series[roles["planning_ct"]]
         planning, geometry, planning_slices = _ct_image(planning_series, patient, irregular)
         sitk.WriteImage(planning, str(out / "planning_ct.nii.gz"), useCompression=True)
         meta["images"]["planning_ct"] = geometry.summary()
+        meta["warnings"].extend(f"planning_ct: {w}" for w in [*geometry.warnings, non_axial_note(geometry.grid)] if w)
         meta["planning_ct_dicom"] = _dicom_reference(planning_series, planning_slices, geometry)
         planning_grid = geometry.grid
+        del planning, planning_slices  # the CT's voxels and DICOM pixels are not needed by what follows
 
         for prefix in ("fdg", "hx4_2h", "hx4_4h"):
             _optional(meta, f"{prefix}_ct", lambda p=prefix: _write_ct(index, roles, f"{p}_ct", out, patient, irregular, meta))
@@ -208,17 +239,43 @@ def _write_ct(index: PatientIndex, roles: dict[str, str], role: str, out: Path, 
     image, geometry, _ = _ct_image(index.series[roles[role]], patient, policy)
     sitk.WriteImage(image, str(out / f"{role}.nii.gz"), useCompression=True)
     meta["images"][role] = geometry.summary()
+    meta["warnings"].extend(f"{role}: {w}" for w in geometry.warnings)
 
 
 def _write_pet(index: PatientIndex, roles: dict[str, str], prefix: str, out: Path, patient: str, policy: IrregularPolicy, meta: dict[str, Any]) -> None:
     role = f"{prefix}_pet"
     if role not in roles:
-        meta["problems"][role] = "no series with this role"
+        meta["problems"][role] = "no series with this role" + _unassigned_pet(index, roles, role)
         return
     image, geometry, conversion = pet_suv_image(index.series[roles[role]], patient, policy)
     sitk.WriteImage(image, str(out / f"{role}_suv.nii.gz"), useCompression=True)
     meta["images"][role] = geometry.summary()
     meta["pet"][role] = conversion
+    meta["warnings"].extend(f"{role}: {w}" for w in [*geometry.warnings, *pet_conversion_notes(conversion)])
+
+
+def _unassigned_pet(index: PatientIndex, roles: dict[str, str], role: str) -> str:
+    """A PET series present but given no role (tracer not recognised...) must not vanish silently."""
+    given = set(roles.values())
+    left = [s for s in index.series.values() if s.modality == "PT" and s.uid not in given]
+    if not left:
+        return ""
+    listing = ", ".join(f"{s.uid} ({s.description or 'no description'})" for s in left)
+    return f"; PET series without a role: {listing} -> if one is the {role}, name it with series_roles={role}=UID in the cohort sheet"
+
+
+def pet_conversion_notes(conversion: dict[str, Any]) -> list[str]:
+    """What a reader of the cohort table must know about how a PET became SUV: the converter's own
+    warnings (units guessed by magnitude...) and the conversions that rest on a less common header
+    form (values already SUV, no decay correction in the image, Philips counts)."""
+    notes = list(conversion.get("warnings") or [])
+    if conversion["units"] == "GML":
+        notes.append(f"Units GML: pixel values are already SUV{str(conversion['suv_type_in_file']).lower()}, taken as stored (no dose or decay used)")
+    elif conversion["decay_correction"] == "NONE":
+        notes.append("DecayCorrection NONE: the image is not decay-corrected; each slice was decayed to its own AcquisitionTime")
+    if conversion["units"] == "CNTS":
+        notes.append(f"Units CNTS: converted with the {conversion['sources'].get('philips', 'Philips factor')}")
+    return notes
 
 
 def _write_dce(index: PatientIndex, roles: dict[str, str], out: Path, patient: str, policy: IrregularPolicy, meta: dict[str, Any]) -> None:
@@ -227,7 +284,7 @@ def _write_dce(index: PatientIndex, roles: dict[str, str], out: Path, patient: s
         return
     image, geometry, frames, warnings = _dce_image(index.series[roles["dce_ct"]], patient, policy)
     sitk.WriteImage(image, str(out / "dce_ct.nii.gz"), useCompression=True)
-    frames.to_csv(out / "dce_frames.tsv", sep="\t", index=False)
+    _write_tsv(out / "dce_frames.tsv", frames)
     meta["images"]["dce_ct"] = {**geometry.summary(), "frames": len(frames), "warnings": warnings}
     meta["warnings"].extend(warnings)
 
@@ -241,7 +298,10 @@ def _write_masks(index: PatientIndex, roles: dict[str, str], out: Path, grid: Im
                   for st in f.get("RTReferencedStudySequence", []) for s in st.get("RTReferencedSeriesSequence", [])}
     if referenced and roles["planning_ct"] not in referenced:
         meta["warnings"].append(f"the RTSTRUCT references series {', '.join(sorted(referenced))}, not the planning CT: contours placed by frame of reference")
-    structure_set = read_structure_set(rs_series.first, grid, frame_uid, names, rs_series.files[0])
+    try:
+        structure_set = read_structure_set(rs_series.first, grid, frame_uid, names, rs_series.files[0])
+    except StructureSetError as exc:
+        raise InputDataError(meta["patient_id"], rs_series.files[0], str(exc), "export the structure set again") from None
     if structure_set.rois == [] and structure_set.other_frame:
         raise InputDataError(meta["patient_id"], rs_series.files[0], "every ROI of the RTSTRUCT is on another frame of reference than the planning CT",
                              "export the structure set drawn on the planning CT")
@@ -263,8 +323,13 @@ def _write_dose(index: PatientIndex, roles: dict[str, str], out: Path, patient: 
         meta["problems"]["rtdose"] = "no RTDOSE: the built-in engine will compute dose"
         return
     series = index.series[roles["rtdose"]]
-    dose = read_rtdose(read_dataset(series.files[0]), patient, series.files[0])
+    dataset = read_dataset(series.files[0])
+    dose = read_rtdose(dataset, patient, series.files[0])
     notes = check_tps_dose(dose, patient, series.files[0], planning_frame=planning_frame, accept_effective=accept_effective)
+    offsets = dataset.get("GridFrameOffsetVector")
+    if offsets and float(offsets[0]) != 0.0:
+        notes.append("GridFrameOffsetVector is in the absolute form (z positions, first "
+                     f"{float(offsets[0]):g} mm): frames placed relative to ImagePositionPatient")
     if "rtplan" in roles:
         check_plan_has_no_boost(index.series[roles["rtplan"]].first, patient, index.series[roles["rtplan"]].files[0])
     coverage = {}
@@ -275,6 +340,7 @@ def _write_dose(index: PatientIndex, roles: dict[str, str], out: Path, patient: 
     meta["rtdose"] = {"summation_type": dose.summation_type, "dose_type": dose.dose_type, "max_gy": float(dose.dose_gy.max()),
                       "referenced_plan": dose.referenced_plan, "file": str(series.files[0]), "notes": notes, "coverage": coverage,
                       "grid": {"size": list(dose.grid.size), "spacing_mm": list(dose.grid.spacing)}}
+    meta["warnings"].extend(f"rtdose: {note}" for note in notes)  # accepted with a caveat: the cohort table shows it
     partial = {k: v for k, v in coverage.items() if v < 1.0}
     if partial:
         meta["warnings"].append("the RTDOSE grid does not cover " + ", ".join(f"{k} ({100 * (1 - v):.1f} % outside)" for k, v in sorted(partial.items())))

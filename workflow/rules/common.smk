@@ -4,8 +4,11 @@ import os
 import re
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
+import yaml
 from snakemake.exceptions import WorkflowError
+from snakemake.utils import update_config
 
 # The workflow uses the isotox library of this checkout, installed or not, in this process and in
 # the rule scripts (which Snakemake runs as separate Python processes).
@@ -21,16 +24,39 @@ from isotox.sample.patient import patient_id as sample_patient_id  # noqa: E402
 from isotox.sample.patient import sample_histology  # noqa: E402
 from isotox.settings import load_protocol, read_cohort_sheet, validate_document  # noqa: E402
 from isotox.settings.roi_names import RoiNameMap  # noqa: E402
+from isotox.settings.documents import load_validated_yaml  # noqa: E402
 
 
 def _config_file_names():
     return ", ".join(str(f) for f in workflow.configfiles) or "the config"
 
 
+def _yaml_typed(value):
+    """A nested ``--config`` value as a config file would type it: Snakemake reads
+    ``--config 'sample={"patients": 3}'`` with YAML's BaseLoader, so every nested scalar arrives as a
+    string ('3') and the schema refuses it. Numbers, booleans and null are re-read with safe_load;
+    anything else (names, paths, dates) stays the string that was typed."""
+    if isinstance(value, dict):
+        return {k: _yaml_typed(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_yaml_typed(v) for v in value]
+    if isinstance(value, str):
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            return value
+        return parsed if parsed is None or isinstance(parsed, (bool, int, float)) else value
+    return value
+
+
+# Top-level --config values are already typed by Snakemake (int, float, bool); only nested ones need it.
+update_config(config, {k: _yaml_typed(v) for k, v in workflow.config_settings.config.items() if isinstance(v, (dict, list))})
+
 try:
     validate_document(config, "config", _config_file_names())
     PROTOCOL = load_protocol(config["protocol"])
     RoiNameMap.from_yaml(config["roi_names"])
+    load_validated_yaml(config.get("painting", str(Path(workflow.basedir) / "config" / "painting.yaml")), "painting")
     if config["cohort"]["source"] == "sheet":
         if "sheet" not in config["cohort"]:
             raise ConfigError(_config_file_names(), "cohort.source is 'sheet' but cohort.sheet is not set", "cohort.sheet")
@@ -71,6 +97,14 @@ def ingest_source(wildcards):
     if is_sample():
         return f"{SAMPLE_DIR}/{wildcards.pid}"
     return COHORT.loc[wildcards.pid, "dicom_dir"]
+
+
+def ingest_input(wildcards):
+    """The ingest rule's input: ingest_source, except a dicom_dir that does not exist is no input
+    (else Snakemake refuses the whole cohort): that patient's ingest job then fails alone, exit
+    code 2, 'DICOM folder not found', and the others go on (--keep-going)."""
+    folder = ingest_source(wildcards)
+    return folder if is_sample() or Path(folder).is_dir() else []
 
 
 def ingest_dicom_dir(wildcards):
@@ -132,13 +166,20 @@ def allocation_sheet(wildcards):
 def plan_group():
     """The plan's job group: 'patient' (batched with the patient's other stages) for a real cohort;
     none for the sample, whose plans wait for the sample's cohort sheet. That sheet needs every
-    sample patient, so a per-patient group would depend on itself through it (Snakemake refuses)."""
-    return None if is_sample() else "patient"
+    sample patient, so a per-patient group would depend on itself through it (Snakemake refuses).
+    The sample's plan and the steps after it are the group 'planning' instead: on a cluster one more
+    job per patient, not one per rule and patient."""
+    return "planning" if is_sample() else "patient"
 
 
 def planning_beam_data():
     """Beam data of the built-in engine (a tracked input: new beam data re-plans every patient)."""
     return config.get("planning", {}).get("beam_data", str(Path(workflow.basedir) / "config" / "beams" / "generic_6mv.yaml"))
+
+
+def painting_file():
+    """The dose-painting strategies and TCP model (config 'painting'; a tracked input of the strategies rule)."""
+    return config.get("painting", str(Path(workflow.basedir) / "config" / "painting.yaml"))
 
 
 def clinical_table():
@@ -162,15 +203,74 @@ def outcome_inputs(wildcards):
     return inputs
 
 
+def known_failures():
+    """Patients that cannot start, known before any job runs: pid -> the reason (a cohort-sheet
+    dicom_dir that is not a folder). The cohort table lists them as failed without waiting."""
+    if is_sample():
+        return {}
+    return {pid: f"DICOM folder {folder!r} not found -> check dicom_dir in the cohort sheet"
+            for pid, folder in COHORT["dicom_dir"].items() if not Path(folder).is_dir()}
+
+
+def cohort_table_patients():
+    """The patients the cohort table waits for: all but those that cannot start (known_failures)
+    and those whose last attempt at a stage failed (its failure record next to the rule log, see
+    isotox.runlog). So `--keep-going` with a bad patient still gives the table on a rerun, with
+    that patient marked failed, and a fixed patient rejoins it once a run has no record of it."""
+    from isotox.runlog import read_failure
+
+    skip = set(known_failures())
+    failed = {pid for pid in PATIENTS for stage in ("ingest", "register", "segment", "perfusion", "plan")
+              if read_failure(f"{RESULTS}/logs/{stage}/{pid}.log") is not None}
+    return [pid for pid in PATIENTS if pid not in skip | failed]
+
+
 def sample_patient_dirs():
     return expand(f"{SAMPLE_DIR}/{{pid}}", pid=PATIENTS)
 
 
 def cohort_targets():
-    """Everything `rule all` asks for; stage rules extend this as they arrive."""
+    """Everything `rule all` asks for; the results, then their provenance (which needs them all)."""
+    return result_targets() + [f"{RESULTS}/provenance"]
+
+
+def result_targets():
+    """Every per-patient stage and cohort table; stage rules extend this as they arrive."""
     targets = expand(f"{RESULTS}/patients/{{pid}}/{{stage}}", pid=PATIENTS, stage=["ingest", "register", "segment", "perfusion", "plan"])
     if is_sample():
         targets += [f"{SAMPLE_DIR}/{name}.tsv" for name in ("cohort", "clinical", "qol")]
     if clinical_table():
         targets.append(f"{RESULTS}/cohort/outcomes/summary.json")
+    targets.append(f"{RESULTS}/cohort/strategies/summary.tsv")  # dose painting (workflow/rules/strategies.smk)
     return targets
+
+
+def patient_input_dirs():
+    """Patient id -> the folder of its input files (the sample's synthesised folder or dicom_dir)."""
+    return {pid: ingest_source(SimpleNamespace(pid=pid)) for pid in PATIENTS}
+
+
+def provenance_files(wildcards):
+    """Files the run read, by role, copied into results/provenance/files/."""
+    files = {"protocol": config["protocol"], "beam_data": planning_beam_data(), "roi_names": config["roi_names"],
+             "cohort_sheet": f"{SAMPLE_DIR}/cohort.tsv" if is_sample() else config["cohort"]["sheet"]}
+    files.update({role: path for role, path in outcome_inputs(wildcards).items() if path})
+    return files
+
+
+
+def _cohort_table_after_failure():
+    """When a run ends with failed jobs (--keep-going), write the cohort table anyway, from what
+    finished, failed patients marked with their stage and first error line: the rule itself waited
+    for a patient that failed in this run. It goes to patients.incomplete.tsv, never to the rule's
+    output (a rerun would take it as the finished table); the rule's next run replaces it."""
+    from isotox.planning.summary import write_cohort_table
+
+    if Path(f"{RESULTS}/patients").is_dir():
+        write_cohort_table(f"{RESULTS}/cohort/patients.incomplete.tsv", [Path(f"{RESULTS}/patients/{pid}") for pid in PATIENTS],
+                           f"{RESULTS}/logs", known_failures())
+        logger.warning(f"some jobs failed: {RESULTS}/cohort/patients.incomplete.tsv lists every patient, the failed ones with the error")
+
+
+onerror:
+    _cohort_table_after_failure()

@@ -57,8 +57,10 @@ def _polygon_mask(shape: tuple[int, int], ij: NDArray[np.float64]) -> NDArray[np
     return out
 
 
-#: Contours with more points are not checked for self-intersection (the check is quadratic).
+#: Contours with more points are not checked for self-intersection (the check is quadratic at worst).
 MAX_POINTS_CHECKED = 4000
+#: Edge pairs tested at once (bounds the memory of a contour whose edges all overlap in x).
+_PAIRS_PER_BLOCK = 1 << 20
 
 
 def self_intersections(xy: NDArray[np.float64]) -> int:
@@ -66,27 +68,62 @@ def self_intersections(xy: NDArray[np.float64]) -> int:
 
     Why: a self-intersecting contour (a figure-of-eight from a slipped drawing tool) fills a different
     area under the even-odd rule than the observer meant; the volume changes without a word unless
-    it is detected. Touching edges (shared vertices) are not counted, only strict crossings."""
+    it is detected. Touching edges (shared vertices) are not counted, only strict crossings.
+
+    Only pairs of edges whose bounding boxes overlap can cross, so edges are sorted by their lowest
+    x and each is tested against the later ones that start before it ends (a handful for a drawn
+    contour, instead of all N: testing every pair cost ingest seconds per patient)."""
     n = len(xy)
     if n < 4 or n > MAX_POINTS_CHECKED:
         return 0
     a, b = xy, np.roll(xy, -1, axis=0)
-    d = b - a
-
-    def orient(p: NDArray[np.float64], q: NDArray[np.float64], r: NDArray[np.float64]) -> NDArray[np.float64]:
-        return (q[..., 0] - p[..., 0]) * (r[..., 1] - p[..., 1]) - (q[..., 1] - p[..., 1]) * (r[..., 0] - p[..., 0])
-
-    count = 0
-    for i in range(n - 2):  # edge i against edges i+2 .. n-1 (and not the closing neighbour of edge 0)
-        j = np.arange(i + 2, n if i > 0 else n - 1)
-        if j.size == 0:
-            continue
-        p, q = a[i][None], b[i][None]
-        o1, o2 = orient(p, q, a[j]), orient(p, q, b[j])
-        o3 = d[j, 0] * (p[:, 1] - a[j, 1]) - d[j, 1] * (p[:, 0] - a[j, 0])
-        o4 = d[j, 0] * (q[:, 1] - a[j, 1]) - d[j, 1] * (q[:, 0] - a[j, 0])
-        count += int(np.sum((o1 * o2 < 0) & (o3 * o4 < 0)))
+    lo, hi = np.minimum(a, b), np.maximum(a, b)
+    order = np.argsort(lo[:, 0], kind="stable")
+    # for the edge at sorted position s: the edges at s+1 .. s+after[s] overlap it in x
+    after = np.maximum(np.searchsorted(lo[order, 0], hi[order, 0], side="right") - np.arange(n) - 1, 0)
+    ends = np.cumsum(after)
+    count, first = 0, 0
+    while first < n:
+        last = max(first + 1, int(np.searchsorted(ends, ends[first] - after[first] + _PAIRS_PER_BLOCK, side="right")))
+        k = after[first:last]
+        s = np.repeat(np.arange(first, last), k)
+        t = s + 1 + np.arange(int(k.sum())) - np.repeat(np.cumsum(k) - k, k)
+        count += _crossings(a, b, lo, hi, order[s], order[t])
+        first = last
     return count
+
+
+def _crossings(a: NDArray[np.float64], b: NDArray[np.float64], lo: NDArray[np.float64], hi: NDArray[np.float64],
+               e1: NDArray[np.intp], e2: NDArray[np.intp]) -> int:
+    """Proper crossings among the edge pairs (e1, e2) of the closed polygon with edges a -> b
+    (cyclic neighbours and pairs apart in y are not crossings)."""
+    n = len(a)
+    i, j = np.minimum(e1, e2), np.maximum(e1, e2)
+    keep = (j - i >= 2) & ~((i == 0) & (j == n - 1)) & (lo[j, 1] <= hi[i, 1]) & (lo[i, 1] <= hi[j, 1])
+    i, j = i[keep], j[keep]
+    p, q, r, t = a[i], b[i], a[j], b[j]
+    d = t - r
+    o1 = (q[:, 0] - p[:, 0]) * (r[:, 1] - p[:, 1]) - (q[:, 1] - p[:, 1]) * (r[:, 0] - p[:, 0])
+    o2 = (q[:, 0] - p[:, 0]) * (t[:, 1] - p[:, 1]) - (q[:, 1] - p[:, 1]) * (t[:, 0] - p[:, 0])
+    o3 = d[:, 0] * (p[:, 1] - r[:, 1]) - d[:, 1] * (p[:, 0] - r[:, 0])
+    o4 = d[:, 0] * (q[:, 1] - r[:, 1]) - d[:, 1] * (q[:, 0] - r[:, 0])
+    return int(np.sum((o1 * o2 < 0) & (o3 * o4 < 0)))
+
+
+def contour_values(item: Dataset) -> NDArray[np.float64]:
+    """An item's ContourData as floats, parsed from the bytes as read when pydicom has not converted
+    them yet: pydicom makes one validated DSfloat per number (400,000 for one patient's contours,
+    the largest part of reading an RTSTRUCT); any text numpy cannot parse goes through pydicom."""
+    if "ContourData" not in item:
+        return np.empty(0)
+    raw = item.get_item("ContourData").value
+    if isinstance(raw, bytes):
+        text = raw.strip(b" \x00")
+        try:
+            return np.array(text.split(b"\\"), dtype=np.float64) if text else np.empty(0)
+        except ValueError:
+            pass
+    return np.asarray([float(v) for v in (item.get("ContourData") or [])], dtype=np.float64)
 
 
 def contours_to_mask(grid: ImageGrid, contours: list[NDArray[np.float64]], warnings: list[str], roi_name: str) -> NDArray[np.bool_]:
@@ -110,11 +147,26 @@ def contours_to_mask(grid: ImageGrid, contours: list[NDArray[np.float64]], warni
     return mask
 
 
+class StructureSetError(ValueError):
+    """The RTSTRUCT cannot be read as a structure set (truncated or corrupt); the caller adds the patient."""
+
+
+def _require_numbers(rs: Dataset, source: str | Path) -> None:
+    """Every item of the sequences that link ROIs must carry its ROI number; an item without it is a
+    truncated or corrupt file (pydicom reads what is there), not an ROI to guess."""
+    for sequence, keyword in (("StructureSetROISequence", "ROINumber"), ("ROIContourSequence", "ReferencedROINumber"),
+                              ("RTROIObservationsSequence", "ReferencedROINumber")):
+        for k, item in enumerate(rs.get(sequence, [])):
+            if keyword not in item:
+                raise StructureSetError(f"item {k + 1} of {sequence} has no {keyword}: the RTSTRUCT is truncated or corrupt")
+
+
 def read_structure_set(rs: Dataset, grid: ImageGrid, frame_of_reference: str, names: RoiNameMap, source: str | Path = "",
                        roi_numbers: set[int] | None = None) -> StructureSet:
     """All ROIs of ``rs`` (or those in ``roi_numbers``) rasterised on ``grid``; ``frame_of_reference``
     is the grid's FoR UID."""
     warnings: list[str] = []
+    _require_numbers(rs, source)
     info = {int(r.ROINumber): r for r in rs.get("StructureSetROISequence", [])}
     types = {int(o.ReferencedROINumber): str(o.get("RTROIInterpretedType", "")) for o in rs.get("RTROIObservationsSequence", [])}
     contours_by_roi = {int(c.ReferencedROINumber): c for c in rs.get("ROIContourSequence", [])}
@@ -145,7 +197,7 @@ def read_structure_set(rs: Dataset, grid: ImageGrid, frame_of_reference: str, na
         for index, c in enumerate(contours_by_roi.get(number, Dataset()).get("ContourSequence", [])):
             if str(c.get("ContourGeometricType", "CLOSED_PLANAR")) != "CLOSED_PLANAR":
                 continue
-            values = np.asarray([float(v) for v in (c.get("ContourData") or [])])
+            values = contour_values(c)
             if values.size % 3:
                 roi_warnings.append(f"{name}: contour {index + 1} has {values.size} ContourData values, not (x, y, z) triplets: dropped")
                 continue

@@ -10,7 +10,6 @@ ones of ``config/roi_names.yaml``, which the clinic's TPS templates can map back
 
 from __future__ import annotations
 
-from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -56,21 +55,23 @@ def export_plan(folder: Path, reference: dict[str, Any] | None, ct_grid: ImageGr
     if len(reference["slice_sop_uids"]) != ct_grid.size[2]:
         raise ExportError(f"the planning CT has {ct_grid.size[2]} slices but {len(reference['slice_sop_uids'])} recorded SOP instances")
     who = _who(reference)
-    today = date.today().strftime("%Y%m%d")
+    # The series date is the planning study's, not the day of the run: a rerun must write the same bytes
+    # (the time is fixed for the same reason); when the plan was computed is in the plan's log.
+    series_date = who.study_date
     frame = reference["frame_of_reference_uid"]
     folder.mkdir(parents=True, exist_ok=True)
     rois = [RoiContours(name, kind, colour, contours_from_field(ct_grid, masks[name])) for name, (kind, colour) in EXPORTED_ROIS.items() if name in masks]
     images = ReferencedImages(reference["study_uid"], reference["series_uid"], frame, reference["sop_class_uid"], list(reference["slice_sop_uids"]))
-    rs_series = SeriesInfo("RTSTRUCT", stable_uid(*key, "rtstruct-series"), 901, "isotox planning structures", today, "120000.000000", frame)
+    rs_series = SeriesInfo("RTSTRUCT", stable_uid(*key, "rtstruct-series"), 901, "isotox planning structures", series_date, "120000.000000", frame)
     rs_uid = stable_uid(*key, "rtstruct")
     write_rtstruct(folder / "RS.dcm", who, rs_series, images, rois, sop_instance_uid=rs_uid, label="isotox")
     numbers = {roi.name: n for n, roi in enumerate(rois, start=1)}  # write_rtstruct numbers ROIs from 1 in order
     targets = [TargetPrescription(numbers[name], name, dose) for name, dose in target_doses.items() if name in numbers]
-    rp_series = SeriesInfo("RTPLAN", stable_uid(*key, "rtplan-series"), 903, "isotox prescription", today, "120000.000000", frame)
+    rp_series = SeriesInfo("RTPLAN", stable_uid(*key, "rtplan-series"), 903, "isotox prescription", series_date, "120000.000000", frame)
     rp_uid = stable_uid(*key, "rtplan")
     write_prescription_plan(folder / "RP.dcm", who, rp_series, sop_instance_uid=rp_uid, label="isotox", fractions=fractions,
                             targets=targets, structure_set_uid=rs_uid)
-    rd_series = SeriesInfo("RTDOSE", stable_uid(*key, "rtdose-series"), 902, "isotox prescribed plan dose", today, "120000.000000", frame)
+    rd_series = SeriesInfo("RTDOSE", stable_uid(*key, "rtdose-series"), 902, "isotox prescribed plan dose", series_date, "120000.000000", frame)
     rd_uid = stable_uid(*key, "rtdose")
     write_rtdose(folder / "RD.dcm", DoseGrid(dose_grid, dose_gy.astype(np.float64), "PLAN", "PHYSICAL", frame, None), who, rd_series,
                  sop_instance_uid=rd_uid, plan_sop_uid=rp_uid)

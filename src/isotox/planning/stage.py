@@ -7,6 +7,7 @@ Writes (all or nothing):
   the prescription, the unit plans (beams, weights, timing) and flags;
 * ``dvh.tsv``: the prescribed plan's DVH metrics per structure (physical and EQD2 rows);
   ``dvh_curves.tsv``: the cumulative DVHs; ``constraint_scan.tsv``: every candidate evaluated;
+  ``audit.tsv``: every candidate's constraints re-scored by the independent audit (``planning.audit``);
 * ``dose/{base,boost_A,boost_B}_unit.nii.gz`` (Gy per Gy) and ``dose/prescribed.nii.gz`` (Gy);
   with the engine, ``dose/{unit plan}_fluence.npz``: each beam's optimised fluence map;
 * ``qc/dvh.png``, ``qc/constraints.png``, ``qc/dose.png``;
@@ -36,6 +37,7 @@ from isotox.geometry import ImageGrid
 from isotox.dicomio.tps_dose import covered_fraction
 from isotox.dicomio.volume import to_image
 from isotox.images import array, read_image, resample_to
+from isotox.planning.audit import audit_plan, summary as audit_summary
 from isotox.planning.export import ExportError, export_plan
 from isotox.planning.plots import constraint_plot, dvh_plot
 from isotox.planning.prescription import Prescription, has_boost, prescribe, prescribed_dose, prescribed_dvhs, radiobiology
@@ -167,6 +169,7 @@ def plan_patient(patient_dir: str | Path, protocol_path: str | Path, *, arm: str
         for a in ("A", "B"):
             units[f"boost_{a}"] = engine_plan(context, f"boost_{a}", f"PTV_BOOST_{a}", masks[f"PTV_BOOST_{a}"])
     for unit in units.values():
+        log.info("%s: unit plan %s (%s) in %.1f s", patient, unit.name, unit.source, unit.seconds)  # timing in the log, not in plan.json
         if unit.weights is not None and not unit.weights.meets_hotspot:
             flags.append(f"{unit.name}: target Dmax {100 * unit.weights.dmax:.1f} % > 107 % with these beam directions and apertures")
 
@@ -217,6 +220,12 @@ def plan_patient(patient_dir: str | Path, protocol_path: str | Path, *, arm: str
                 np.savez_compressed(out / "dose" / f"{p}_fluence.npz", **units[p].fluence_arrays())
         prescription.scan.to_csv(out / "constraint_scan.tsv", sep="\t", index=False, float_format="%.5g")
         chosen_gy = (prescription.candidate.total_gy + prescription.candidate.boost_increment_gy) if prescription.candidate else None
+        audit = audit_plan(out, segment / "masks", protocol)  # the written scan re-scored by an independent DVH code
+        audit.to_csv(out / "audit.tsv", sep="\t", index=False, float_format="%.5g")
+        doc["audit"] = audit_summary(audit, chosen_gy)
+        if not doc["audit"]["passed"]:
+            flags.append("search audit failed: the independent DVH disagrees with the search beyond its tolerance ("
+                         + ", ".join(doc["audit"]["failed"][:5]) + "); see plan/audit.tsv")
         if not prescription.scan.empty:
             constraint_plot(prescription.scan, protocol["constraints"], chosen_gy, out / "qc" / "constraints.png", f"{patient}: constraints vs dose ({protocol['name']})")
         if total is not None:
@@ -244,10 +253,9 @@ def plan_patient(patient_dir: str | Path, protocol_path: str | Path, *, arm: str
             pd.DataFrame(columns=["structure", "dose_gy", "volume_cc", "volume_percent"]).to_csv(out / "dvh_curves.tsv", sep="\t", index=False)
             doc["export"] = {"error": "no prescription (" + ("not prescribable" if result.get("not_prescribable") else
                              "awaiting randomisation" if result.get("awaiting_randomisation") else "infeasible") + "): nothing to export"}
-        doc["seconds"] = round(time.perf_counter() - started, 2)
         (out / "plan.json").write_text(json.dumps(_json_ready(doc), indent=2) + "\n", encoding="utf-8")
     log.info("%s: %s, %s Gy / %s fx, boost %s, limiting %s (%.1f s)", patient, "feasible" if doc["feasible"] else "INFEASIBLE",
-             doc["prescribed_dose_gy"], doc["fractions"], doc["boost_total_gy"], doc["limiting_constraints"], doc["seconds"])
+             doc["prescribed_dose_gy"], doc["fractions"], doc["boost_total_gy"], doc["limiting_constraints"], time.perf_counter() - started)
     return doc
 
 

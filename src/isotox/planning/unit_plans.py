@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from numpy.typing import NDArray
 from isotox.dose.beam_model import BeamModel
 from isotox.dose.beams import Aperture, BeamGeometry, conformal_aperture
 from isotox.dose.density import relative_electron_density
-from isotox.dose.photon_engine import DensityVolume, beam_dose_on_grid, beamlet_doses_at
+from isotox.dose.photon_engine import DensityVolume, beam_dose_on_grid, beamlet_doses_at, trace_fan
 from isotox.dose.weights import WeightResult, normalise, optimise_weights, solve_weights
 from isotox.geometry import ImageGrid
 from isotox.dicomio.volume import to_image
@@ -62,7 +63,8 @@ class UnitPlan:
         return out
 
     def summary(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"target": self.target, "source": self.source, "seconds": round(self.seconds, 2), "beams": self.beams}
+        # no "seconds": plan.json must be identical on a rerun; the plan's log records each unit plan's time
+        out: dict[str, Any] = {"target": self.target, "source": self.source, "beams": self.beams}
         if self.weights is not None:
             out["optimisation"] = self.weights.as_dict()
         return out
@@ -120,6 +122,11 @@ class PlanningContext:
     settings: PlanningSettings
     organ_rows: NDArray[np.bool_]  # dose-grid voxels of constrained organs (outside every target)
 
+    @cached_property
+    def calc_points(self) -> NDArray[np.float64]:
+        """Centres of the calc_mask voxels (LPS), once for every beam of every unit plan."""
+        return _voxel_centres(self.calc_mask, self.dose_grid)
+
     @classmethod
     def build(cls, ct: sitk.Image, body: NDArray[np.bool_], organs: list[NDArray[np.bool_]], targets: list[NDArray[np.bool_]],
               settings: PlanningSettings, model: BeamModel) -> "PlanningContext":
@@ -169,8 +176,8 @@ def _beam_weight_plan(context: PlanningContext, geometry: list[tuple[BeamGeometr
                       organ_rows: NDArray[np.bool_]) -> tuple[NDArray[np.float32], WeightResult, list[NDArray[np.float32]], list[Aperture]]:
     """One weight per open field: every beam on the whole grid, NNLS on its voxels (3-D CRT)."""
     s = context.settings
-    stack = np.stack([beam_dose_on_grid(context.model, context.density, beam, aperture, context.dose_grid, context.calc_mask, s.ray_step_mm)
-                      for beam, aperture in geometry])
+    stack = np.stack([beam_dose_on_grid(context.model, context.density, beam, aperture, context.dose_grid, context.calc_mask,
+                                        s.ray_step_mm, context.calc_points) for beam, aperture in geometry])
     result = optimise_weights(stack[:, target_rows].T.astype(float), stack[:, organ_rows].T.astype(float), s.organ_weight)
     per_beam = [(w * d).astype(np.float32) for w, d in zip(result.weights, stack)]
     weighted = [_with_fluence(a, float(w) * a.mask) for (_, a), w in zip(geometry, result.weights)]
@@ -188,9 +195,11 @@ def _beamlet_plan(context: PlanningContext, geometry: list[tuple[BeamGeometry, A
     s = context.settings
     points = np.vstack([_voxel_centres(target_rows, context.dose_grid), _voxel_centres(organ_rows, context.dose_grid)])
     n_t = int(target_rows.sum())
-    matrices, labels, offsets = [], [], []
+    matrices, labels, offsets, fans = [], [], [], []
     for beam, aperture in geometry:
-        matrix, lab = beamlet_doses_at(context.model, context.density, beam, aperture, points, s.beamlet_mm, s.ray_step_mm)
+        # one trace per beam, on the whole grid: the rows are grid voxels, and the final dose reuses it
+        fans.append(trace_fan(context.model, context.density, beam, aperture, context.calc_points, s.ray_step_mm))
+        matrix, lab = beamlet_doses_at(context.model, context.density, beam, aperture, points, s.beamlet_mm, s.ray_step_mm, fan=fans[-1])
         offsets.append(sum(m.shape[1] for m in matrices))
         matrices.append(matrix)
         labels.append(lab)
@@ -201,10 +210,11 @@ def _beamlet_plan(context: PlanningContext, geometry: list[tuple[BeamGeometry, A
     regulariser = _smoothing_rows(labels, offsets, full.shape[1], s.fluence_smoothing * typical)
     raw, used = solve_weights(target, organs, s.organ_weight, regulariser=regulariser)
     apertures, per_beam = [], []
-    for (beam, aperture), lab, off in zip(geometry, labels, offsets):
+    for (beam, aperture), lab, off, fan in zip(geometry, labels, offsets, fans):
         modulated = _with_fluence(aperture, np.where(lab >= 0, raw[off + np.maximum(lab, 0)], 0.0))
         apertures.append(modulated)
-        per_beam.append(beam_dose_on_grid(context.model, context.density, beam, modulated, context.dose_grid, context.calc_mask, s.ray_step_mm))
+        per_beam.append(beam_dose_on_grid(context.model, context.density, beam, modulated, context.dose_grid, context.calc_mask, s.ray_step_mm,
+                                          context.calc_points, fan))
     dose = np.sum(per_beam, axis=0)
     result = normalise(raw, dose[target_rows].astype(float), used)
     # the fluence maps are stored at the plan's normalisation, so they reproduce the unit dose

@@ -1,0 +1,114 @@
+"""The fast paths of ingest give the answers of the slow, obvious computations they replaced.
+
+* ``self_intersections`` tests only edge pairs whose bounding boxes overlap (sorted by x); the
+  reference here tests every pair with exact integer arithmetic.
+* ``contour_values`` parses ContourData from the bytes as read; the reference is pydicom's own
+  conversion of the same element.
+* ``stack`` fills an int16 volume plane by plane; the reference rounds and clips a float64 volume.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+
+from isotox.dicomio.rtstruct_reader import contour_values, self_intersections
+from isotox.dicomio.volume import SliceGeometry, stack
+from isotox.geometry import ImageGrid
+
+from tests.reference_data import unpack_breast_example
+
+
+def _orient(p: tuple[int, int], q: tuple[int, int], r: tuple[int, int]) -> int:
+    return (q[0] - p[0]) * (r[1] - p[1]) - (q[1] - p[1]) * (r[0] - p[0])
+
+
+def brute_force_crossings(points: list[tuple[int, int]], count_touching: bool = False) -> int:
+    """Every pair of non-adjacent edges, in exact integer arithmetic: a proper crossing has the
+    ends of each edge strictly on both sides of the other (``count_touching`` also counts a vertex
+    lying on the other edge's line: the nearest wrong answer)."""
+    n = len(points)
+    edges = [(points[i], points[(i + 1) % n]) for i in range(n)]
+    count = 0
+    for i, j in itertools.combinations(range(n), 2):
+        if j - i == 1 or (i == 0 and j == n - 1):
+            continue
+        (p, q), (r, s) = edges[i], edges[j]
+        o1, o2, o3, o4 = _orient(p, q, r), _orient(p, q, s), _orient(r, s, p), _orient(r, s, q)
+        crossing = o1 * o2 < 0 and o3 * o4 < 0
+        touching = count_touching and o1 * o2 <= 0 and o3 * o4 <= 0 and min(p[0], q[0]) <= max(r[0], s[0]) and min(r[0], s[0]) <= max(p[0], q[0])
+        count += crossing or touching
+    return count
+
+
+def _polygons() -> list[list[tuple[int, int]]]:
+    """Random polygons on a small integer grid (many shared x, collinear edges, repeated vertices),
+    star-shaped ones, and a zigzag whose edges all overlap in x."""
+    rng = np.random.default_rng(7)
+    shapes = [[(int(x), int(y)) for x, y in rng.integers(-6, 7, size=(n, 2))] for n in (4, 5, 6, 9, 17, 40, 80) for _ in range(6)]
+    for n in (12, 60):
+        angles = np.sort(rng.uniform(0, 2 * np.pi, n))
+        radii = rng.integers(50, 100, n)
+        shapes.append([(int(r * np.cos(a)), int(r * np.sin(a))) for r, a in zip(radii, angles)])
+    shapes.append([(0 if k % 2 else 10, k + (k % 3)) for k in range(30)])
+    return shapes
+
+
+def test_self_intersections_match_every_pair_tested() -> None:
+    """Exact equality with the all-pairs count on 46 polygons. The nearest wrong answer (vertices
+    touching another edge counted as crossings) differs on these polygons, so equality rejects it."""
+    polygons = _polygons()
+    fast = [self_intersections(np.asarray(p, dtype=float)) for p in polygons]
+    assert fast == [brute_force_crossings(p) for p in polygons]
+    assert sum(fast) > 0  # the set has crossings to find
+    assert fast != [brute_force_crossings(p, count_touching=True) for p in polygons]
+
+
+def test_self_intersections_in_small_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Splitting the candidate pairs into blocks (the memory bound) changes no count."""
+    import isotox.dicomio.rtstruct_reader as reader
+
+    polygons = _polygons()
+    whole = [self_intersections(np.asarray(p, dtype=float)) for p in polygons]
+    monkeypatch.setattr(reader, "_PAIRS_PER_BLOCK", 7)
+    assert [self_intersections(np.asarray(p, dtype=float)) for p in polygons] == whole
+
+
+def test_contour_values_equal_pydicom_conversion(tmp_path) -> None:
+    """Every contour of the clinical example parsed from bytes equals pydicom's conversion, bit for
+    bit (the nearest wrong answer, float32 parsing, is not bit-equal); an element pydicom has already
+    converted is taken as it is."""
+    rtss = unpack_breast_example(tmp_path) / "rtss.dcm"
+    raw, converted = pydicom.dcmread(rtss), pydicom.dcmread(rtss)
+    contours = 0
+    for item_raw, item_conv in zip(raw.ROIContourSequence, converted.ROIContourSequence):
+        for c_raw, c_conv in zip(item_raw.get("ContourSequence", []), item_conv.get("ContourSequence", [])):
+            assert isinstance(c_raw.get_item("ContourData").value, bytes)
+            expected = np.asarray([float(v) for v in c_conv.ContourData])
+            got = contour_values(c_raw)
+            assert got.dtype == np.float64 and np.array_equal(got, expected)
+            contours += 1
+    assert contours == sum(len(item.get("ContourSequence", [])) for item in converted.ROIContourSequence) > 100
+    assert not np.array_equal(got.astype(np.float32).astype(np.float64), expected)
+    item = Dataset()
+    item.ContourData = [1.5, -2.0, 3.25]
+    assert np.array_equal(contour_values(item), [1.5, -2.0, 3.25])  # an element already converted
+    assert contour_values(Dataset()).size == 0
+
+
+def test_stack_int16_rounds_and_clips_like_float64() -> None:
+    """Plane-by-plane int16 equals rounding and clipping the float64 stack (half-way values, values
+    beyond the int16 range); the nearest wrong answer, truncation, differs on -0.7 and 2.5 x 1.2."""
+    grid = ImageGrid((3, 2, 3), (1.0, 1.0, 2.0), (0.0, 0.0, 0.0))
+    geometry = SliceGeometry(grid, [0, 1, 2], np.zeros((3, 3)), np.array([2.0, 2.0]), 0.0)
+    planes = [np.array([[-0.7, 0.5, 1.5], [2.5 * 1.2, -40000.0, 40000.0]]) + k for k in range(3)]
+    got = stack(geometry, iter(planes), np.int16)
+    reference = np.rint(np.stack(planes)).clip(-32768, 32767).astype(np.int16)
+    assert got.dtype == np.int16 and np.array_equal(got, reference)
+    assert not np.array_equal(got, np.stack(planes).clip(-32768, 32767).astype(np.int16))
+    with pytest.raises(ValueError):
+        stack(geometry, iter(planes[:2]), np.int16)
