@@ -223,6 +223,13 @@ def sample_allocation(index: int, seed: int) -> str:
     return str(np.random.default_rng([seed, index, 13]).choice(["A", "B"]))
 
 
+def _not_contoured(index: int) -> list[str]:
+    """What the clinic did not contour, in a fixed rotation so every cohort of 2 or more patients
+    exercises both fallbacks: patient 1, 5, 9...: no AORTA (the aorta finder runs); 2, 6, 10...: no
+    lungs (CT lung segmentation); 3, 7, 11...: neither; 4, 8, 12...: everything contoured."""
+    return {1: ["AORTA"], 2: ["LUNGS"], 3: ["AORTA", "LUNGS"], 0: []}[index % 4]
+
+
 def _dce_frame_times() -> NDArray[np.float64]:
     """4 baseline frames, 3-s sampling through the first pass, then sparser to 150 s (26 frames)."""
     return np.concatenate([[0.0, 3.0, 6.0, 9.0], np.arange(12.0, 61.0, 3.0), [75.0, 90.0, 105.0, 120.0, 150.0]])
@@ -257,9 +264,7 @@ def _write_patient(out: Path, index: int, seed: int, preset: Preset) -> dict[str
     # PET encoding of this patient's scanner: most export BQML; some GE-like (SeriesTime rewritten
     # at reconstruction, the scan start in a private tag) and Philips-like (CNTS + SUV factor)
     vendor = str(rng.choice(["standard", "ge", "philips"], p=[0.6, 0.2, 0.2]))
-    # what the clinic contoured: some patients have no aorta and/or no lung structures, so the
-    # aorta finder and the CT lung segmentation run (as they must on such clinical data)
-    missing = [name for name, p_missing in (("AORTA", 0.35), ("LUNGS", 0.25)) if rng.random() < p_missing]
+    missing = _not_contoured(index)
     weight_kg = float(np.round(rng.uniform(52, 98), 1))
     height_m = float(np.round(rng.uniform(1.55, 1.92), 2))
     sex = str(rng.choice(["M", "F"]))
