@@ -39,8 +39,14 @@ def breast_example(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def sample_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Results folder of a real workflow run on SAMPLE_PATIENTS small sample patients."""
-    results = tmp_path_factory.mktemp("results")
+    """Results folder of a real workflow run on SAMPLE_PATIENTS small sample patients.
+
+    ``ISOTOX_TEST_SAMPLE_RUN=/some/folder`` keeps the run there between local test sessions
+    (Snakemake then redoes only what is out of date); CI leaves it unset and runs afresh.
+    """
+    kept = os.environ.get("ISOTOX_TEST_SAMPLE_RUN")
+    results = Path(kept) if kept else tmp_path_factory.mktemp("results")
+    results.mkdir(parents=True, exist_ok=True)
     config = write_config(results.parent / "sample_config.yaml", results=str(results),
                           sample={"patients": SAMPLE_PATIENTS, "seed": SAMPLE_SEED, "preset": "small"})
     run_snakemake("--cores", "2", "--configfile", str(config))

@@ -29,7 +29,6 @@ import pytest
 from tests.conftest import sample_patients
 from isotox.cli import main as cli_main
 from isotox.errors import InputDataError
-from isotox.perfusion.aif import parker_aif
 from isotox.perfusion.stage import PerfusionSettings, perfusion_patient
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,16 +52,32 @@ def perfused(sample_run: Path) -> list[tuple[dict, dict, Path]]:
     return [(truth, json.loads((patient / "perfusion" / "perfusion.json").read_text()), patient / "perfusion") for truth, patient in sample_patients(sample_run)]
 
 
-def test_aif_and_bolus_arrival_match_the_generator(perfused: list[tuple[dict, dict, Path]]) -> None:
+def test_aif_is_the_aorta_not_the_earlier_brighter_venous_side(perfused: list[tuple[dict, dict, Path]]) -> None:
+    """The measured AIF is the generator's aortic curve: RMS difference <= 10 % of its peak (noise
+    averaged over the lumen voxels, no partial volume inside the selected lumen); bolus arrival
+    within one frame interval (3 s) of the generator's (our 5 %-of-rise definition lags Parker's
+    origin by ~2 s).
+
+    Nearest wrong answers: the superior vena cava and the right heart / pulmonary artery, which
+    enhance earlier and higher in every sample patient (what an 'earliest, highest vessel' rule
+    picks). Both differ from the measured AIF by more than the tolerance (asserted), and the
+    slab really contains an earlier vessel (so the check is not vacuous).
+    """
     for truth, summary, stage in perfused:
         p = truth["perfusion"]
         aif = pd.read_csv(stage / "aif.tsv", sep="\t")
-        expected = p["hu_per_mM"] * parker_aif(aif["time_s"].to_numpy() / 60.0, delay_min=p["bolus_arrival_s"] / 60.0)
-        rms = float(np.sqrt(np.mean((aif["blood_hu"].to_numpy() - expected) ** 2)))
-        assert rms <= 0.10 * expected.max(), (truth["patient_id"], rms, expected.max())
+        measured = aif["blood_hu"].to_numpy()
+        curves = {name: np.asarray(c) - np.asarray(c)[0] for name, c in p["blood_curves_hu"].items()}
+        rms = {name: float(np.sqrt(np.mean((measured - c) ** 2))) for name, c in curves.items()}
+        tolerance = 0.10 * curves["blood"].max()
+        assert rms["blood"] <= tolerance, (truth["patient_id"], rms)
+        assert rms["blood_venous"] > tolerance and rms["blood_right"] > tolerance, (truth["patient_id"], rms)
         np.testing.assert_allclose(aif["plasma_hu"], aif["blood_hu"] / (1 - 0.45), rtol=1e-4)
         assert summary["aif"]["bolus_arrival_s"] == pytest.approx(p["bolus_arrival_s"], abs=3.0)
-        assert summary["aif"]["source"].startswith("automatic")
+        assert summary["aif"]["source"] == "automatic: descending aorta by anatomy"
+        qc = summary["aif"]["qc"]
+        assert 5.0 <= qc["left_of_spine_mm"] <= 60.0 and qc["slices"] >= 5
+        assert any(o["time_to_peak_s"] < qc["time_to_peak_s"] - 2.0 for o in qc["other_vessels"]), qc["other_vessels"]
         assert (stage / "qc" / "aif.png").stat().st_size > 5_000
 
 

@@ -112,7 +112,7 @@ def test_rtstruct_references_planning_ct_and_contours_match_truth_volumes(patien
 
         spacing_z = geometry(ct)["spacing"][2]
         names = {int(r.ROINumber): str(r.ROIName) for r in rs.StructureSetROISequence}
-        by_name = {v["roi_name"]: (k, v["volume_cc"]) for k, v in p["truth"]["structures"].items()}
+        by_name = {v["roi_name"]: (k, v["volume_cc"]) for k, v in p["truth"]["structures"].items() if v["contoured"]}
         assert set(names.values()) == set(by_name)
         for roi in rs.ROIContourSequence:
             per_slice: dict[int, list[np.ndarray]] = {}

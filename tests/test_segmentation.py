@@ -1,15 +1,18 @@
 """Stage 3: margins (exact, by law), PET features, and volumes against the sample cohort's truth.
 
-Expected error of a PET threshold volume. The sample PET is blurred by a 6 mm FWHM PSF
-(sigma 2.55 mm), resampled onto 4 mm planning voxels and noisy. A threshold between 20 % and
-80 % of the local contrast crosses a blurred edge within 0.84 sigma (2.1 mm) of the true edge,
-and voxelisation moves the boundary by up to half a voxel (2 mm): the surface may move by
-about FWHM / 2 = 3 mm either way on average. The expected volume error is therefore
-``|V - V_true| <= S x 3 mm`` with S the surface of the equivalent sphere of V_true. The truths
-are defined the way the segmentations are: the tumour points whose *true* uptake is >= 40 % /
-50 % of the true peak (pet40 / boost), and the generator's hypoxic sub-volume (TBR >= 1.4).
+What a threshold segmentation can be asked to get right. The sample PET is blurred by a 6 mm
+FWHM PSF (sigma 2.55 mm): on a 25 cc tumour the blur alone makes the 50 % SUVmax volume look like
+the true 40 % one, so comparing with the unblurred tumour would either fail a correct method or,
+with a band wide enough to absorb the blur (the old S x FWHM/2, 50-80 % of the volume), pass the
+wrong threshold. The generator therefore records the volumes *as a perfect scanner of this
+resolution shows them* (``tumour.as_measured``: the noiseless PET blurred by the PSF, thresholded
+by the protocol's definitions on a 1.5 mm raster). What remains between that and isotox is
+registration, resampling onto 4 mm planning voxels, and noise, which raises the maximum by 2-3 SD
+(~6 % of the threshold) and so moves the iso-surface inward by about a millimetre at the tumour's
+SUV gradient; voxelisation errors average out over the surface. Tolerance: ``S x 1 mm`` with S the
+surface of the equivalent sphere (20 % of a 15 cc volume), and each test asserts that the nearest
+wrong answer lies outside it.
 """
-
 from __future__ import annotations
 
 import json
@@ -39,9 +42,14 @@ PROTOCOL = load_protocol(REPO / "config" / "protocols" / "pet_boost.yaml")
 FWHM_MM = 6.0
 
 
-def expected_volume_error_cc(true_cc: float) -> float:
+def expected_volume_error_cc(true_cc: float, surface_shift_mm: float = FWHM_MM / 2.0) -> float:
+    """|V - V_true| bound when the boundary may move ``surface_shift_mm`` (equivalent-sphere surface)."""
     radius = (3.0 * true_cc * 1000.0 / (4.0 * np.pi)) ** (1.0 / 3.0)
-    return 4.0 * np.pi * radius**2 * (FWHM_MM / 2.0) / 1000.0
+    return 4.0 * np.pi * radius**2 * surface_shift_mm / 1000.0
+
+
+#: Residual surface shift against the as-measured truth (noise on the maximum; see the module docstring).
+MEASURED_SHIFT_MM = 1.0
 
 
 # ---------------------------------------------------------------- margins: exact laws -------------
@@ -128,27 +136,52 @@ def segmented(sample_run: Path) -> list[tuple[dict, dict, Path]]:
     return [(truth, json.loads((patient / "segment" / "segment.json").read_text()), patient / "segment") for truth, patient in sample_patients(sample_run)]
 
 
-def test_gtv_pet_and_boost_volumes_within_the_blur_expectation(segmented: list[tuple[dict, dict, Path]]) -> None:
+def test_boost_and_gtv_pet_volumes_reject_the_neighbouring_threshold(segmented: list[tuple[dict, dict, Path]]) -> None:
+    """GTV_SUV50 (Arm B boost, >= 50 % SUVmax inside the GTV) and GTV_PET (>= 40 %) within S x 1 mm
+    of the as-measured truth. Nearest wrong answer: the other threshold (the 40 % volume passed off
+    as the 50 % boost, and vice versa); its as-measured volume lies outside the band (asserted)."""
     for truth, summary, _ in segmented:
-        f, t = summary["figures"], truth["tumour"]
-        for measured, true in ((f["gtv_pet40_cc"], t["pet40_volume_cc"]), (f["gtv_suv50_cc"], t["boost_volume_cc"])):
-            assert abs(measured - true) <= expected_volume_error_cc(true), (truth["patient_id"], measured, true)
+        f, t = summary["figures"], truth["tumour"]["as_measured"]
+        pairs = (("gtv_suv50_cc", "boost_pet_volume_cc", "pet40_pet_volume_cc"), ("gtv_pet40_cc", "pet40_pet_volume_cc", "boost_pet_volume_cc"))
+        for measured_key, true_key, wrong_key in pairs:
+            tol = expected_volume_error_cc(t[true_key], MEASURED_SHIFT_MM)
+            assert abs(f[measured_key] - t[true_key]) <= tol, (truth["patient_id"], measured_key, f[measured_key], t[true_key], tol)
+            assert abs(t[wrong_key] - t[true_key]) > tol, (truth["patient_id"], "the band would hold the wrong threshold", t)
 
 
-def test_hypoxic_volume_and_tbr_against_truth(segmented: list[tuple[dict, dict, Path]]) -> None:
-    """Hypoxic volume within the blur expectation; blood SUV within 5 % (eroded aorta: residual
-    partial volume); TBRmax within 25 % of the true hypoxic TBR (the maximum of ~100 noisy
-    voxels sits ~2.5 noise SD above the mean, ~15 % here, plus the blood error)."""
+def test_hypoxic_volume_against_truth(segmented: list[tuple[dict, dict, Path]]) -> None:
+    """HX4 hypoxic volume (TBR >= 1.4 inside the GTV) at 2 h and 4 h within S x 1 mm of the as-measured
+    truth; blood SUV within 5 % (eroded aorta: residual partial volume). Nearest wrong answer: the
+    other time point's volume (hypoxic contrast rises from 2 h to 4 h), outside the band (asserted)."""
     for truth, summary, _ in segmented:
-        f = summary["figures"]
-        for tag, session in (("2h", "hx4_2h"), ("4h", "hx4_4h")):
-            s = truth["sessions"][session]
-            true_hv = truth["tumour"]["hypoxic_volume_cc"]
-            assert abs(f[f"hx4_{tag}_hv_cc"] - true_hv) <= expected_volume_error_cc(true_hv), (truth["patient_id"], tag)
-            assert f[f"hx4_{tag}_blood_suv"] == pytest.approx(s["blood_suv"], rel=0.05)
-            assert f[f"hx4_{tag}_tbrmax"] == pytest.approx(s["tbr_hypoxic"], rel=0.25)
+        f, t = summary["figures"], truth["tumour"]["as_measured"]
+        for tag, other in (("2h", "4h"), ("4h", "2h")):
+            true_hv = t[f"hypoxic_hx4_{tag}_pet_volume_cc"]
+            tol = expected_volume_error_cc(true_hv, MEASURED_SHIFT_MM)
+            assert abs(f[f"hx4_{tag}_hv_cc"] - true_hv) <= tol, (truth["patient_id"], tag, f[f"hx4_{tag}_hv_cc"], true_hv, tol)
+            assert abs(t[f"hypoxic_hx4_{other}_pet_volume_cc"] - true_hv) > tol, (truth["patient_id"], tag)
+            assert f[f"hx4_{tag}_blood_suv"] == pytest.approx(truth["sessions"][f"hx4_{tag}"]["blood_suv"], rel=0.05)
             assert 0.0 < f[f"hx4_{tag}_fhv"] < 1.0
         assert f["hx4_hv_change_cc"] == pytest.approx(f["hx4_4h_hv_cc"] - f["hx4_2h_hv_cc"])
+
+
+def test_tbrmax_band_cannot_straddle_the_hypoxia_threshold(segmented: list[tuple[dict, dict, Path]]) -> None:
+    """TBRmax against the blurred noiseless maximum T: within [0.95 T, 1.05 T + 3.5 sd], sd the
+    per-voxel noise of the TBR (the generator's count noise, CV at SUV 1 x sqrt(SUV) / blood SUV;
+    the maximum of ~100 noisy voxels sits 2-3 sd high), 5 % both ways for the blood SUV.
+
+    Nearest wrong answer: a TBR on the other side of the 1.4 hypoxia threshold (the old 25 % band
+    accepted 1.2 for a true 1.6). The band's lower end stays above 1.4 (asserted), so a method that
+    reports a hypoxic tumour as normoxic fails."""
+    for truth, summary, _ in segmented:
+        f, t = summary["figures"], truth["tumour"]["as_measured"]
+        for tag in ("2h", "4h"):
+            s = truth["sessions"][f"hx4_{tag}"]
+            true_max = t[f"tbrmax_hx4_{tag}_pet"]
+            sd = s["pet_cv_at_suv1"] * np.sqrt(true_max * s["blood_suv"]) / s["blood_suv"]
+            low, high = 0.95 * true_max, 1.05 * true_max + 3.5 * sd
+            assert low <= f[f"hx4_{tag}_tbrmax"] <= high, (truth["patient_id"], tag, f[f"hx4_{tag}_tbrmax"], (low, high))
+            assert low > s["hypoxia_threshold_tbr"] and not low <= 1.2 <= high
 
 
 def test_targets_nest_and_follow_the_protocol(segmented: list[tuple[dict, dict, Path]]) -> None:
@@ -163,11 +196,70 @@ def test_targets_nest_and_follow_the_protocol(segmented: list[tuple[dict, dict, 
         assert (stage / "qc" / "contours.png").stat().st_size > 10_000
 
 
+def _first_patient(sample_run: Path, *, contoured: tuple[str, ...] = (), not_contoured: tuple[str, ...] = ()) -> str:
+    """The first sample patient whose RTSTRUCT has (or lacks) the named structures; the run must hold one."""
+    for truth, _ in sample_patients(sample_run):
+        s = truth["structures"]
+        if all(s[n]["contoured"] for n in contoured) and not any(s[n]["contoured"] for n in not_contoured):
+            return str(truth["patient_id"])
+    raise AssertionError(f"no sample patient with {contoured} contoured and {not_contoured} not: change SAMPLE_PATIENTS or the seed")
+
+
 def test_lungs_from_ct_agree_with_the_rtstruct(sample_run: Path) -> None:
-    ingest = sample_run / "patients" / "SAMPLE001" / "ingest"
+    ingest = sample_run / "patients" / _first_patient(sample_run, contoured=("LUNG_L", "LUNG_R")) / "ingest"
     ct = read_image(ingest / "planning_ct.nii.gz")
     contoured = (sitk.GetArrayFromImage(read_image(ingest / "masks" / "LUNG_L.nii.gz")) > 0) | (sitk.GetArrayFromImage(read_image(ingest / "masks" / "LUNG_R.nii.gz")) > 0)
     assert dice(lung_mask(ct), contoured) > 0.9
+
+
+def test_uncontoured_lungs_come_from_the_ct_with_the_true_volume(segmented: list[tuple[dict, dict, Path]]) -> None:
+    """A patient without lung contours: LUNG_L/LUNG_R from the CT threshold, each within 5 % of the
+    true (planimetric) volume. 5 %: a one-voxel (4 mm) boundary shift on a ~1.5 l lung is ~4 %.
+    Nearest wrong answer: left and right swapped (the lungs differ by > 10 % in every sample
+    patient, asserted) or both lungs as one."""
+    checked = 0
+    for truth, summary, stage in segmented:
+        s = truth["structures"]
+        if s["LUNG_L"]["contoured"]:
+            continue
+        assert summary["structures"]["LUNG_L"] == summary["structures"]["LUNG_R"] == "ct-threshold"
+        for side, other in (("LUNG_L", "LUNG_R"), ("LUNG_R", "LUNG_L")):
+            measured = float((sitk.GetArrayFromImage(read_image(stage / "masks" / f"{side}.nii.gz")) > 0).sum()) * voxel_cc_of(stage)
+            assert measured == pytest.approx(s[side]["volume_cc"], rel=0.05), (truth["patient_id"], side, measured, s[side]["volume_cc"])
+            assert abs(s[other]["volume_cc"] - s[side]["volume_cc"]) > 0.10 * s[side]["volume_cc"]
+        checked += 1
+    assert checked, "the sample run has no patient without lung contours"
+
+
+def voxel_cc_of(stage: Path) -> float:
+    image = read_image(stage / "masks" / "BODY.nii.gz")
+    return float(np.prod(image.GetSpacing())) / 1000.0
+
+
+def test_uncontoured_aorta_is_found_by_anatomy(segmented: list[tuple[dict, dict, Path]]) -> None:
+    """A patient without an AORTA contour: AORTA_CT, found on the contrast planning CT, has its
+    centre within 3 mm (in-plane) of the true descending aorta's axis, and the HX4 blood SUV from it
+    is within 5 % of the truth (eroded 6 mm: residual partial volume).
+
+    Nearest wrong answer: the vertebral body, as bright as the aorta on these CTs (150-400 HU vs
+    200-450 HU) and 28 mm to its right; the 3 mm bound excludes it (asserted)."""
+    checked = 0
+    for truth, summary, stage in segmented:
+        if truth["structures"]["AORTA"]["contoured"]:
+            continue
+        assert summary["structures"]["AORTA_CT"].startswith("descending aorta found on the planning CT by anatomy")
+        image = read_image(stage / "masks" / "AORTA_CT.nii.gz")
+        found = sitk.GetArrayFromImage(image) > 0
+        kk, jj, ii = np.nonzero(found)
+        pts = np.array([image.TransformIndexToPhysicalPoint((int(i), int(j), int(k))) for i, j, k in zip(ii, jj, kk)])
+        landmarks = truth["landmarks_mm"]
+        centre = pts[:, :2].mean(axis=0)
+        assert np.linalg.norm(centre - landmarks["descending_aorta_centre_xy"]) <= 3.0, (truth["patient_id"], centre)
+        assert np.linalg.norm(np.asarray(landmarks["vertebral_body_centre_xy"]) - landmarks["descending_aorta_centre_xy"]) > 3.0 + 20.0
+        assert np.all(np.linalg.norm(pts[:, :2] - landmarks["descending_aorta_centre_xy"], axis=1) <= landmarks["descending_aorta_radius"] + 2.0)
+        assert summary["figures"]["hx4_2h_blood_suv"] == pytest.approx(truth["sessions"]["hx4_2h"]["blood_suv"], rel=0.05)
+        checked += 1
+    assert checked, "the sample run has no patient without an AORTA contour"
 
 
 def _copy_patient(sample_run: Path, tmp_path: Path) -> Path:
@@ -177,32 +269,15 @@ def _copy_patient(sample_run: Path, tmp_path: Path) -> Path:
     return patient
 
 
-def test_missing_aorta_is_found_on_the_ct_and_lungs_from_the_ct(sample_run: Path, tmp_path: Path) -> None:
-    """Without AORTA and lung structures: the descending aorta is found on the contrast CT (inside the
-    true aorta, blood SUV within 5 % of the truth: same partial-volume argument as above) and the
-    lungs are segmented from the CT."""
-    patient = _copy_patient(sample_run, tmp_path)
-    for name in ("AORTA", "LUNG_L", "LUNG_R"):
-        (patient / "ingest" / "masks" / f"{name}.nii.gz").unlink()
-    truth = json.loads((sample_run / "sample" / "SAMPLE001" / "ground_truth.json").read_text())
-    summary = segment_patient(patient, SegmentationSettings.from_config({}, PROTOCOL, truth["histology"]))
-    assert summary["structures"]["AORTA_CT"].startswith("descending aorta found on the planning CT")
-    found = sitk.GetArrayFromImage(read_image(patient / "segment" / "masks" / "AORTA_CT.nii.gz")) > 0
-    contoured = sitk.GetArrayFromImage(read_image(sample_run / "patients" / "SAMPLE001" / "ingest" / "masks" / "AORTA.nii.gz")) > 0
-    assert (found & contoured).sum() >= 0.9 * found.sum()
-    assert summary["figures"]["hx4_2h_blood_suv"] == pytest.approx(truth["sessions"]["hx4_2h"]["blood_suv"], rel=0.05)
-    assert summary["structures"]["LUNG_L"] == "ct-threshold"
-    assert summary["figures"]["lungs_minus_gtv_cc"] > 1000
-
-
 def test_no_aorta_anywhere_is_flagged(sample_run: Path, tmp_path: Path) -> None:
-    """A CT without contrast (blood at soft-tissue HU) and no AORTA structure: hypoxia is flagged, not guessed."""
+    """A CT without contrast and no AORTA structure: hypoxia is flagged, not guessed. (Everything from
+    100 to 600 HU is set to soft tissue: no enhanced blood, and no bone to locate the spine by.)"""
     patient = _copy_patient(sample_run, tmp_path)
-    (patient / "ingest" / "masks" / "AORTA.nii.gz").unlink()
+    (patient / "ingest" / "masks" / "AORTA.nii.gz").unlink(missing_ok=True)
     ct_path = patient / "ingest" / "planning_ct.nii.gz"
     ct = read_image(ct_path)
     hu = sitk.GetArrayFromImage(ct)
-    plain = sitk.GetImageFromArray(np.where((hu > 100) & (hu < 200), 40, hu).astype(hu.dtype))
+    plain = sitk.GetImageFromArray(np.where((hu > 100) & (hu < 600), 40, hu).astype(hu.dtype))
     plain.CopyInformation(ct)
     sitk.WriteImage(plain, str(ct_path))  # the test's own copy
     summary = segment_patient(patient, SegmentationSettings.from_config({}, PROTOCOL, "squamous"))
@@ -219,7 +294,10 @@ def test_no_gtv_and_no_seed_point_is_a_clear_error(sample_run: Path, tmp_path: P
     truth = json.loads((sample_run / "sample" / "SAMPLE001" / "ground_truth.json").read_text())
     summary = segment_patient(patient, SegmentationSettings.from_config({}, PROTOCOL, "squamous"), seed_point_mm=tuple(truth["tumour"]["centre_mm"]))
     assert summary["structures"]["GTV"] == "GTV_PET"
-    assert summary["figures"]["gtv_pet_cc"] == pytest.approx(truth["tumour"]["pet40_volume_cc"], abs=expected_volume_error_cc(truth["tumour"]["pet40_volume_cc"]))
+    # from a seed-point box instead of the GTV: the 40 % volume as measured, within the wider FWHM/2
+    # band (the box's SUVmax and components are not the GTV's); the empty or whole-box answer fails it
+    pet40 = truth["tumour"]["as_measured"]["pet40_pet_volume_cc"]
+    assert summary["figures"]["gtv_pet_cc"] == pytest.approx(pet40, abs=expected_volume_error_cc(pet40))
 
 
 def test_no_uptake_above_threshold_is_flagged(sample_run: Path, tmp_path: Path) -> None:

@@ -113,6 +113,10 @@ def write_ct_series(
     return written
 
 
+#: The Philips variant's count calibration (Bq/ml per stored count, before RescaleSlope).
+PHILIPS_BQML_PER_COUNT = 7.5
+
+
 @dataclass(frozen=True)
 class PetAcquisition:
     """Radiopharmaceutical and timing of a PET series (the tags SUV conversion needs)."""
@@ -126,6 +130,14 @@ class PetAcquisition:
     frame_duration_ms: float
     decay_correction: str = "START"
     positron_fraction: float = 0.9673  # F-18
+    attenuation_corrected: bool = True  # False: a NAC series (CorrectedImage without ATTN)
+    #: how the vendor encodes the timing and units: "standard" (BQML, SeriesTime = scan start),
+    #: "ge" (SeriesTime = reconstruction time, after the scan; the scan start in GE's private
+    #: (0009,100D)), "philips" (Units CNTS with the SUV factor in Philips' private (7053,1000))
+    vendor: str = "standard"
+    reconstruction_time: str = ""  # HHMMSS.ffffff, the SeriesTime a GE scanner writes
+    scan_datetime: str = ""  # YYYYMMDDHHMMSS.ffffff, GE's private scan start
+    suv_per_bqml: float = 0.0  # Philips: SUV per Bq/ml, for the SUV factor
 
 
 def write_pet_series(
@@ -142,6 +154,9 @@ def write_pet_series(
 
     Each slice is scaled to the full int16 range on its own, as scanners do, so readers must
     apply the slope per slice (a classic bug when a volume reader uses the first slice's slope).
+    ``acq.vendor`` writes the GE or Philips encodings instead (see :class:`PetAcquisition`); for
+    Philips the stored values are counts (``PHILIPS_BQML_PER_COUNT`` Bq/ml each) and (7053,1000)
+    is the SUV per count.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[Dataset] = []
@@ -163,13 +178,14 @@ def write_pet_series(
         ds.ContentTime = series.time
         # PET Series module
         ds.SeriesType = ["STATIC", "IMAGE"]
-        ds.Units = "BQML"
+        ds.Units = "CNTS" if acq.vendor == "philips" else "BQML"
         ds.CountsSource = "EMISSION"
         ds.NumberOfSlices = nk
         ds.DecayCorrection = acq.decay_correction
-        ds.CorrectedImage = ["DECY", "ATTN", "SCAT", "DTIM", "RAN", "NORM"]
+        ds.CorrectedImage = ["DECY", "ATTN", "SCAT", "DTIM", "RAN", "NORM"] if acq.attenuation_corrected else ["DECY", "DTIM", "RAN", "NORM"]
         ds.RandomsCorrectionMethod = "DLYD"
-        ds.AttenuationCorrectionMethod = "CT"
+        if acq.attenuation_corrected:
+            ds.AttenuationCorrectionMethod = "CT"
         ds.ReconstructionMethod = "OSEM 3i21s PSF"
         ds.CollimatorType = "NONE"
         ds.AxialAcceptance = "54"
@@ -192,8 +208,16 @@ def write_pet_series(
         info.RadionuclideHalfLife = _ds(acq.half_life_s)
         info.RadionuclidePositronFraction = _ds(acq.positron_fraction)
         ds.RadiopharmaceuticalInformationSequence = Sequence([info])
+        if acq.vendor == "ge":
+            ds.SeriesTime = acq.reconstruction_time
+            ds.add_new(0x00090010, "LO", "GEMS_PETD_01")
+            ds.add_new(0x0009100D, "DT", acq.scan_datetime)
         _image_plane(ds, grid, k)
         plane = np.asarray(activity_bqml[k], dtype=float)
+        if acq.vendor == "philips":
+            plane = plane / PHILIPS_BQML_PER_COUNT
+            ds.add_new(0x70530010, "LO", "Philips PET Private Group")
+            ds.add_new(0x70531000, "DS", _ds(acq.suv_per_bqml * PHILIPS_BQML_PER_COUNT))
         peak = float(plane.max())
         slope = peak / 32000.0 if peak > 0 else 1.0
         ds.PixelRepresentation = 1

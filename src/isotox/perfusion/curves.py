@@ -11,8 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import SimpleITK as sitk
 from numpy.typing import NDArray
 from scipy import ndimage
+
+from isotox.vessels import find_descending_aorta
 
 #: The bolus has arrived once the AIF exceeds its baseline by this fraction of its peak rise.
 ARRIVAL_FRACTION = 0.05
@@ -62,34 +65,66 @@ class ArterialInput:
     time_to_peak_s: float
 
 
-def find_aif_roi(enh: NDArray[np.float64], t_s: NDArray[np.float64], body: NDArray[np.bool_], voxel_mm3: float,
-                 min_volume_mm3: float = 200.0) -> NDArray[np.bool_]:
-    """The earliest, highest-enhancing vessel in the slab.
+#: Enhancing blood: peak enhancement above this (HU) and above this fraction of the slab's
+#: robust maximum. Low enough for the aorta when the venous side peaks twice as high.
+BLOOD_ENHANCEMENT_HU = 80.0
+BLOOD_FRACTION_OF_MAX = 0.25
+BONE_HU = 150.0
 
-    Candidates are body voxels whose peak enhancement is >= 60 % of the slab's robust maximum
-    (the 99.9th percentile); they fall into connected vessels (aorta, pulmonary artery, heart
-    chambers). Each vessel of at least ``min_volume_mm3`` is scored by its mean time to peak,
-    and the earliest wins; its voxels above 80 % of its own peak are the ROI (the lumen
-    without the partial-volume rim).
+
+@dataclass
+class AifChoice:
+    """The arterial-input ROI and the record of why it was chosen (perfusion.json 'aif_qc')."""
+
+    mask: NDArray[np.bool_]
+    qc: dict[str, object]
+    flags: list[str]
+
+
+def find_aif_roi(enh: NDArray[np.float64], t_s: NDArray[np.float64], body: NDArray[np.bool_], baseline_hu: NDArray[np.float64],
+                 image: sitk.Image, min_volume_mm3: float = 200.0) -> AifChoice:
+    """The descending aorta of the slab, found by anatomy, as the arterial input.
+
+    Not the earliest or brightest vessel: contrast from an arm vein reaches the superior vena
+    cava, the right heart and the pulmonary artery first, and they peak higher than the aorta.
+    Enhancing blood (peak enhancement >= 80 HU and >= 25 % of the slab's robust maximum) gives the
+    candidates; :func:`isotox.vessels.find_descending_aorta` picks the round vessel left of the
+    spine (bone from the pre-contrast frames) that runs through the slab. Inside it, the voxels
+    above 80 % of its own peak are the ROI (the lumen without the partial-volume rim).
+
+    QC: every other enhancing vessel of at least ``min_volume_mm3`` is listed with its time to
+    peak; a vessel that peaks more than 2 s *after* the chosen one with at least half its
+    enhancement means the choice may be venous or pulmonary, and is flagged.
     """
     peak = enh.max(axis=0)
     ttp = t_s[np.argmax(enh, axis=0)]
-    robust = float(np.percentile(peak[body], 99.9))
-    candidates = body & (peak >= 0.6 * robust)
-    candidates = ndimage.binary_opening(candidates)
-    labels, n = ndimage.label(candidates)
-    best, best_key = 0, (np.inf, 0.0)
+    robust = float(np.percentile(peak[body], 99.9)) if body.any() else 0.0
+    blood = body & (peak >= max(BLOOD_ENHANCEMENT_HU, BLOOD_FRACTION_OF_MAX * robust))
+    blood = np.stack([ndimage.binary_opening(b) for b in blood])
+    slab_mm = enh.shape[1] * image.GetSpacing()[2]
+    found = find_descending_aorta(blood, baseline_hu > BONE_HU, body, image, min_length_mm=min(40.0, 0.6 * slab_mm))
+    flags: list[str] = []
+    qc: dict[str, object] = {"method": "descending aorta by anatomy (isotox.vessels)", **found.as_dict()}
+    if not found.mask.any():
+        return AifChoice(found.mask, qc, flags)
+    vessel = found.mask
+    roi = vessel & (peak >= 0.8 * float(np.percentile(peak[vessel], 95)))
+    chosen_ttp = float(np.median(ttp[roi]))
+    chosen_peak = float(np.median(peak[roi]))
+    labels, n = ndimage.label(blood & ~ndimage.binary_dilation(vessel, iterations=2))
+    voxel_mm3 = float(np.prod(image.GetSpacing()))
+    others = []
     for lab in range(1, n + 1):
         region = labels == lab
         if region.sum() * voxel_mm3 < min_volume_mm3:
             continue
-        key = (round(float(np.median(ttp[region])), 1), -float(np.median(peak[region])))
-        if key < best_key:
-            best, best_key = lab, key
-    if best == 0:
-        return np.zeros_like(body)
-    vessel = labels == best
-    return vessel & (peak >= 0.8 * float(np.percentile(peak[vessel], 95)))
+        others.append({"voxels": int(region.sum()), "time_to_peak_s": float(np.median(ttp[region])), "peak_hu": float(np.median(peak[region]))})
+    qc.update(time_to_peak_s=chosen_ttp, peak_enhancement_hu=chosen_peak, other_vessels=others)
+    later = [o for o in others if o["time_to_peak_s"] > chosen_ttp + 2.0 and o["peak_hu"] >= 0.5 * chosen_peak]
+    if later:
+        flags.append(f"AIF check: another enhancing vessel peaks {max(o['time_to_peak_s'] for o in later) - chosen_ttp:.1f} s after the chosen "
+                     "aorta; the choice may be venous or pulmonary: look at qc/aif.png, or set perfusion.aif: structure")
+    return AifChoice(roi, qc, flags)
 
 
 def arterial_input(enh: NDArray[np.float64], t_s: NDArray[np.float64], mask: NDArray[np.bool_], source: str) -> ArterialInput:

@@ -162,6 +162,7 @@ def perfusion_patient(patient_dir: str | Path, settings: PerfusionSettings | Non
 
     # arterial input ---------------------------------------------------------------------------
     rough = enhancement(stack, 2)
+    aif_qc: dict[str, Any] = {"method": "AORTA structure"}
     if settings.aif == "structure":
         if "AORTA" not in planning_masks:
             raise InputDataError(patient, segment / "AORTA.nii.gz", "perfusion.aif is 'structure' but there is no AORTA structure",
@@ -169,11 +170,14 @@ def perfusion_patient(patient_dir: str | Path, settings: PerfusionSettings | Non
         roi = shrink(_to_dce(planning_masks["AORTA"], planning, dce_ref, planning_to_dce), spacing, 3.0)  # type: ignore[arg-type]
         source = "AORTA structure (eroded 3 mm)"
     else:
-        roi = find_aif_roi(rough, t, body, float(np.prod(spacing)))
-        source = "automatic: earliest, highest-enhancing vessel"
+        choice = find_aif_roi(rough, t, body, stack[:2].mean(axis=0), dce_ref)
+        roi, aif_qc = choice.mask, choice.qc
+        flags.extend(choice.flags)
+        source = "automatic: descending aorta by anatomy"
     if not roi.any():
-        raise InputDataError(patient, patient_dir / "register" / "dce_mc.nii.gz", "no arterial input: no enhancing vessel in the DCE slab",
-                             "check that the slab contains the aorta and contrast was given, or set perfusion.aif: structure")
+        raise InputDataError(patient, patient_dir / "register" / "dce_mc.nii.gz",
+                             "no arterial input: no round enhancing vessel left of the spine (the descending aorta) in the DCE slab",
+                             "check that the slab contains the descending aorta and contrast was given, or set perfusion.aif: structure")
     n_base = detect_baseline_frames(t, rough[:, roi].mean(axis=1)) if settings.baseline_frames == "auto" else int(settings.baseline_frames)
     del rough
     enh = enhancement(stack, n_base)
@@ -230,7 +234,7 @@ def perfusion_patient(patient_dir: str | Path, settings: PerfusionSettings | Non
         roi_fits.append({"region": "GTV", "curve": "ROI mean", "model": "maxslope", "bf": float(max_slope_flow(t, mean_curve[None, :], aif.blood_hu)[0])})
     summary = {"patient_id": patient, "settings": asdict(settings), "frames": int(len(t)), "baseline_frames": int(n_base),
                "aif": {"source": aif.source, "voxels": int(aif.mask.sum()), "peak_blood_hu": aif.peak_hu, "time_to_peak_s": aif.time_to_peak_s,
-                       "bolus_arrival_s": arrival, "hematocrit": settings.hematocrit},
+                       "bolus_arrival_s": arrival, "hematocrit": settings.hematocrit, "qc": aif_qc},
                "fits": fit_stats, "roi_mean_fits": roi_fits, "flags": flags,
                "units": {"ktrans": "/min", "ps": "/min", "fp": "ml/100 ml/min", "bf": "ml/100 ml/min", "ve": "fraction", "vp": "fraction", "delay": "s"}}
     with atomic_path(patient_dir / STAGE) as out:

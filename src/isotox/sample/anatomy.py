@@ -42,9 +42,13 @@ class Tissue(IntEnum):
     TUMOUR_VIABLE = 17
     TUMOUR_NECROTIC = 18
     TUMOUR_HYPOXIC = 19
+    BLOOD_VENOUS = 20  # superior vena cava: the contrast arrives here first, from the arm vein
+    BLOOD_RIGHT = 21  # right heart chambers and pulmonary arteries (before the pulmonary transit)
 
 
 TUMOUR_TISSUES = (Tissue.TUMOUR_VIABLE, Tissue.TUMOUR_NECROTIC, Tissue.TUMOUR_HYPOXIC)
+#: Blood pools with their own enhancement curve in the DCE series (arterial: BLOOD).
+BLOOD_TISSUES = (Tissue.BLOOD, Tissue.BLOOD_VENOUS, Tissue.BLOOD_RIGHT)
 
 
 @dataclass(frozen=True)
@@ -103,6 +107,7 @@ class AnatomyParams:
     hypoxic_radius: float
     node_centre: tuple[float, float, float] | None
     node_radius: float
+    observer_gtv: TumourShape  # the GTV as the clinician contoured it (not the true tumour)
     texture_waves: NDArray[np.float64] = field(repr=False)  # (n, 5): kx, ky, kz, phase, amplitude
 
 
@@ -156,6 +161,20 @@ def draw_anatomy(rng: np.random.Generator, histology: str, with_node: bool) -> A
         degrees=degs,
         axes=tuple(_unit(rng) for _ in amps),
     )
+    # the observer's contour: the true outline, 1-3 mm out or in along smooth low-order harmonics,
+    # a small set-wide bias and a shift of up to 2 mm (inter-observer variation in lung GTVs)
+    bias = float(rng.uniform(-1.5, 1.5))
+    dev_mm = rng.uniform(1.0, 3.0, size=2) * rng.choice([-1.0, 1.0], size=2)
+    shift = rng.normal(size=3)
+    shift *= float(rng.uniform(0.5, 2.0)) / np.linalg.norm(shift)
+    r_obs = r0 + bias
+    observer = TumourShape(
+        centre=(float(c[0] + shift[0]), float(c[1] + shift[1]), float(c[2] + shift[2])),
+        r0=float(r_obs),
+        amplitudes=tuple(float(a * sg * r0 / r_obs) for a, sg in zip(amps, signs)) + tuple(float(d / r_obs) for d in dev_mm),
+        degrees=degs + (1, 2),
+        axes=tumour.axes + (_unit(rng), _unit(rng)),
+    )
     hyp_dir = np.asarray(_unit(rng))
     hypoxic_centre = tuple(float(v) for v in c + hyp_dir * 0.3 * r0)
     node_centre = None
@@ -173,7 +192,7 @@ def draw_anatomy(rng: np.random.Generator, histology: str, with_node: bool) -> A
         hypoxic_centre=hypoxic_centre,  # type: ignore[arg-type]
         hypoxic_radius=float(rng.uniform(0.55, 0.75) * r0),
         node_centre=node_centre, node_radius=float(rng.uniform(7.5, 10.5)),
-        texture_waves=waves,
+        observer_gtv=observer, texture_waves=waves,
     )
 
 
@@ -206,6 +225,17 @@ class Anatomy:
         arch = ls.arc((0.0, arch_centre_y, 30.0), arch_radius, 0.0, 180.0, "yz")  # posterior over the top to anterior
         arch[:, 0] = np.linspace(28.0, 6.0, len(arch))
         self.aorta_line = np.vstack([[[28.0, y_desc, -200.0]], arch, [[6.0, -30.0, params.heart_centre[2] + 20.0]]])
+        hz = params.heart_centre[2]
+        # superior vena cava: right of the midline, anterior, entering the right atrium
+        self.svc_line = np.array([[-24.0, -18.0, 200.0], [-24.0, -20.0, 40.0], [-20.0, -26.0, hz + 30.0]])
+        # pulmonary trunk from the right ventricle (anterior) up and back to its bifurcation,
+        # then the left and right pulmonary arteries towards the hila (behind the ascending aorta)
+        bif = (10.0, -8.0, 8.0)
+        self.pulmonary_lines = [
+            np.array([[8.0, -48.0, hz + 22.0], [14.0, -30.0, -5.0], bif]),
+            np.array([bif, [26.0, 0.0, 10.0], [36.0, 6.0, 8.0]]),
+            np.array([bif, [-12.0, -2.0, 12.0], [-32.0, 2.0, 10.0]]),
+        ]
         self.trachea_line = np.array([[0.0, 2.0, 200.0], [0.0, 6.0, 22.0]])
         self.bronchi = [np.array([[0.0, 6.0, 22.0], [-48.0, 12.0, -8.0]]), np.array([[0.0, 6.0, 22.0], [48.0, 14.0, -10.0]])]
         self.esophagus_line = np.array([[-8.0, y_eso - 6, 200.0], [-6.0, y_eso, 20.0], [2.0, y_eso + 2, -60.0], [12.0, y_eso - 10, -200.0]])
@@ -221,6 +251,11 @@ class Anatomy:
         heart = ls.ellipsoid(p, P.heart_centre, P.heart_radii)
         chambers = ls.ellipsoid(p, P.heart_centre, tuple(r - 11.0 for r in P.heart_radii))  # type: ignore[arg-type]
         aorta = ls.tube(p, self.aorta_line, 12.0)
+        svc = ls.tube(p, self.svc_line, 9.0)
+        pulmonary = ls.union(ls.tube(p, self.pulmonary_lines[0], 12.0), *(ls.tube(p, line, 8.5) for line in self.pulmonary_lines[1:]))
+        # right heart: the anterior-right part of the chambers (right atrium and ventricle)
+        cx, cy = P.heart_centre[0], P.heart_centre[1]
+        right_half = 0.6 * (p[..., 0] - cx) + (p[..., 1] - cy)
         trachea = ls.union(ls.tube(p, self.trachea_line, 10.0), *(ls.tube(p, br, 7.5) for br in self.bronchi))
         lumen = ls.union(ls.tube(p, self.trachea_line, 8.0), *(ls.tube(p, br, 5.5) for br in self.bronchi))
         esophagus = ls.tube(p, self.esophagus_line, 8.0)
@@ -234,7 +269,7 @@ class Anatomy:
         diaphragm = ls.ellipsoid(p, (0.0, 0.0, -175.0), (a, b, 100.0))
         tumour = P.tumour.levelset(p)
         node = ls.ellipsoid(p, P.node_centre, (P.node_radius,) * 3) if P.node_centre else np.full(p.shape[:-1], 1e4)
-        carve = ls.union(mediastinum, heart - 4.0, aorta - 3.0, trachea - 3.0, esophagus - 3.0, diaphragm, vertebra - 4.0)
+        carve = ls.union(mediastinum, heart - 4.0, aorta - 3.0, svc - 3.0, pulmonary - 3.0, trachea - 3.0, esophagus - 3.0, diaphragm, vertebra - 4.0)
         lung_r = ls.subtract(ls.intersect(ls.ellipsoid(p, *self.lungs["LUNG_R"]), chest_wall), carve, tumour, node)
         lung_l = ls.subtract(ls.intersect(ls.ellipsoid(p, *self.lungs["LUNG_L"]), chest_wall), carve, tumour, node)
 
@@ -247,6 +282,8 @@ class Anatomy:
             (Tissue.MEDIASTINAL_FAT, ls.intersect(mediastinum, inner)),
             (Tissue.LUNG, ls.union(lung_l, lung_r)), (Tissue.RIB, ls.intersect(ribs, body)),
             (Tissue.MYOCARDIUM, heart), (Tissue.BLOOD, ls.union(chambers, aorta)),
+            (Tissue.BLOOD_RIGHT, ls.union(ls.intersect(chambers, right_half), ls.intersect(pulmonary, inner))),
+            (Tissue.BLOOD_VENOUS, ls.intersect(svc, inner)),
             (Tissue.AIRWAY_WALL, ls.intersect(trachea, inner)), (Tissue.AIRWAY_LUMEN, ls.intersect(lumen, inner)),
             (Tissue.ESOPHAGUS, esophagus), (Tissue.VERTEBRA, vertebra), (Tissue.DISC, discs),
             (Tissue.POSTERIOR_ELEMENTS, posterior), (Tissue.CANAL, canal), (Tissue.CORD, cord),
@@ -261,7 +298,8 @@ class Anatomy:
         texture = np.cos(p @ w[:, :3].T + w[:, 3]) @ w[:, 4] / w[:, 4].sum()
         structures = {
             "BODY": body, "LUNG_L": lung_l, "LUNG_R": lung_r, "SPINAL_CORD": cord,
-            "ESOPHAGUS": ls.subtract(esophagus, vertebra), "HEART": heart, "AORTA": aorta, "GTV": tumour,
+            "ESOPHAGUS": ls.subtract(esophagus, vertebra), "HEART": heart, "AORTA": aorta,
+            "GTV": P.observer_gtv.levelset(p), "GTV_TRUE": tumour,
             "GTV_NODE": node, "HYPOXIC": ls.intersect(tumour, hyp),
         }
         return AnatomySample(tissue=tissue, rho=rho, texture=texture, structures=structures)

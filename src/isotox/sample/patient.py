@@ -10,13 +10,14 @@ from __future__ import annotations
 import json
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
+from scipy import ndimage
 
 from isotox.atomic import atomic_path
 from isotox.dicomio.contours import contours_from_field
@@ -25,10 +26,9 @@ from isotox.dicomio.modules import PatientStudy, SeriesInfo
 from isotox.dicomio.rtstruct_writer import ReferencedImages, RoiContours, write_rtstruct
 from isotox.dicomio.uids import stable_uid
 from isotox.geometry import ImageGrid, RigidTransform
-from isotox.perfusion.aif import parker_aif
-from isotox.perfusion.kinetics import extended_tofts, patlak
 from isotox.sample import appearance, scanner
-from isotox.sample.anatomy import TUMOUR_TISSUES, Anatomy, Tissue, draw_anatomy
+from isotox.sample.anatomy import TUMOUR_TISSUES, Anatomy, Tissue, TumourShape, draw_anatomy
+from isotox.sample.kinetics import STEP_S, BloodPools, tissue_curve
 from isotox.sample.presets import Preset, get_preset
 from isotox.sample.timeline import at, da, dt, plus, tm
 
@@ -70,6 +70,7 @@ class Session:
     frame_uid: str
     pose: RigidTransform
     day: datetime
+    fov_offset_mm: tuple[float, float, float] = (0.0, 0.0, 0.0)  # scanner field of view not centred on the planning point
 
 
 def _draw_pose(rng: np.random.Generator, max_shift: tuple[float, float, float], max_deg: float) -> RigidTransform:
@@ -78,11 +79,17 @@ def _draw_pose(rng: np.random.Generator, max_shift: tuple[float, float, float], 
     return RigidTransform(angles, shift, (0.0, 0.0, 0.0))  # type: ignore[arg-type]
 
 
-def _session_grid(size: tuple[int, int, int], spacing: tuple[float, float, float], pose: RigidTransform, z_centre: float) -> ImageGrid:
-    """Scanner grid centred on where the planning point (0, 0, z_centre) lands, on a 0.5 mm raster."""
-    centre = pose.apply(np.array([0.0, 0.0, z_centre]))
+def _session_grid(size: tuple[int, int, int], spacing: tuple[float, float, float], pose: RigidTransform, z_centre: float,
+                  offset: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> ImageGrid:
+    """Scanner grid centred ``offset`` mm away from where the planning point (0, 0, z_centre) lands, on a 0.5 mm raster."""
+    centre = pose.apply(np.array([0.0, 0.0, z_centre])) + np.asarray(offset)
     centre = tuple(float(np.round(c * 2) / 2) for c in centre)
     return ImageGrid.centred(size, spacing, centre)  # type: ignore[arg-type]
+
+
+def _noise(rng: np.random.Generator, sd: float, shape: tuple[int, ...]) -> NDArray[np.float32]:
+    """Gaussian image noise in float32 (a realistic planning CT is 31 M voxels: float64 doubles the memory)."""
+    return rng.standard_normal(size=shape, dtype=np.float32) * np.float32(sd)
 
 
 def _grid_dict(grid: ImageGrid) -> dict[str, Any]:
@@ -112,6 +119,65 @@ def _fine_tumour_measures(anatomy: Anatomy, fdg: appearance.FdgUptake, step: flo
         counts["hypoxic"] += int((s.tissue == Tissue.TUMOUR_HYPOXIC).sum())
         counts["necrotic"] += int((s.tissue == Tissue.TUMOUR_NECROTIC).sum())
     return {f"{k}_volume_cc": v * voxel_cc for k, v in counts.items()}
+
+
+def _as_measured_pet_truth(anatomy: Anatomy, fdg: appearance.FdgUptake, hx4: dict[str, appearance.Hx4Uptake], fwhm_mm: float,
+                           search_margin_mm: float = 10.0, step: float = 1.5) -> dict[str, float]:
+    """Threshold volumes as a perfect scanner of this resolution shows them: on the noiseless PET
+    blurred by the PSF (1.5 mm raster around the contoured GTV), by the protocols' definitions.
+
+    * ``boost_pet_volume_cc``: contoured GTV voxels >= 50 % of the GTV's blurred SUVmax (Arm B);
+    * ``pet40_pet_volume_cc``: the voxels >= 40 % of the GTV's blurred SUVmax within the GTV +
+      ``search_margin_mm`` search region minus heart and aorta, in regions reaching into the GTV (GTV_PET);
+    * ``hypoxic_{tag}_pet_volume_cc`` / ``tbrmax_{tag}_pet``: contoured GTV voxels with blurred
+      HX4 tumour-to-blood ratio >= 1.4, and the blurred maximum TBR.
+
+    The blur moves a threshold boundary by a predictable amount (a 6 mm PSF on a 25 cc tumour
+    makes the measured 50 % volume look like the true 40 % one), so accuracy tests compare with
+    these, and keep the unblurred volumes as what the biology holds.
+    """
+    gtv = anatomy.p.observer_gtv
+    half = 1.6 * max(gtv.r0, anatomy.p.tumour.r0) + search_margin_mm + 3.0 * fwhm_mm
+    axis = np.arange(-half, half + step / 2, step)
+    zz, yy, xx = np.meshgrid(axis, axis, axis, indexing="ij")
+    pts = np.stack([xx, yy, zz], axis=-1) + np.asarray(gtv.centre)
+    sample = anatomy.evaluate(pts)
+    inside = sample.structures["GTV"] < 0
+    region = ndimage.distance_transform_edt(~inside, sampling=step) <= search_margin_mm
+    region &= inside | ((sample.structures["HEART"] >= 0) & (sample.structures["AORTA"] >= 0))  # physiological uptake kept out
+    sigma = fwhm_mm / (2.0 * np.sqrt(2.0 * np.log(2.0))) / step
+    voxel_cc = step**3 / 1000.0
+    fdg_blurred = ndimage.gaussian_filter(fdg.suv(sample), sigma, mode="nearest")
+    out: dict[str, float] = {}
+    peak = float(fdg_blurred[inside].max())
+    out["boost_pet_volume_cc"] = float((inside & (fdg_blurred >= 0.5 * peak)).sum() * voxel_cc)
+    labels, _ = ndimage.label(region & (fdg_blurred >= 0.4 * peak))
+    touching = np.setdiff1d(np.unique(labels[inside]), [0])
+    out["pet40_pet_volume_cc"] = float(np.isin(labels, touching).sum() * voxel_cc)
+    for tag, uptake in hx4.items():
+        tbr = ndimage.gaussian_filter(uptake.suv(sample), sigma, mode="nearest") / uptake.blood_suv
+        out[f"hypoxic_{tag}_pet_volume_cc"] = float((inside & (tbr >= 1.4)).sum() * voxel_cc)
+        out[f"tbrmax_{tag}_pet"] = float(tbr[inside].max())
+    return out
+
+
+def _observer_deviation(true: TumourShape, drawn: TumourShape, n_dirs: int = 4000) -> dict[str, Any]:
+    """How far the contoured GTV lies from the true tumour outline, measured along rays from the
+    true centre (outward positive): what an observer-drawn contour costs a method that trusts it."""
+    i = np.arange(n_dirs) + 0.5
+    phi, theta = np.arccos(1 - 2 * i / n_dirs), np.pi * (1 + 5**0.5) * i
+    u = np.stack([np.cos(theta) * np.sin(phi), np.sin(theta) * np.sin(phi), np.cos(phi)], axis=-1)
+    c = np.asarray(true.centre)
+    r_true = true.radius(u)
+    # the drawn surface along each ray: bisection on the drawn level set between 0.5 R and 1.5 R
+    lo, hi = 0.5 * r_true, 1.5 * r_true + 6.0
+    for _ in range(40):
+        mid = 0.5 * (lo + hi)
+        inside = drawn.levelset(c + mid[:, None] * u) < 0
+        lo, hi = np.where(inside, mid, lo), np.where(inside, hi, mid)
+    dev = 0.5 * (lo + hi) - r_true
+    return {"shift_mm": (np.asarray(drawn.centre) - c).tolist(), "volume_cc": drawn.volume_cc(),
+            "mean_deviation_mm": float(dev.mean()), "max_abs_deviation_mm": float(np.abs(dev).max())}
 
 
 def _planimetric_volume_cc(anatomy: Anatomy, grid: ImageGrid, name: str, inside_field: NDArray[np.float64]) -> float:
@@ -157,6 +223,13 @@ def sample_allocation(index: int, seed: int) -> str:
     return str(np.random.default_rng([seed, index, 13]).choice(["A", "B"]))
 
 
+def _not_contoured(index: int) -> list[str]:
+    """What the clinic did not contour, in a fixed rotation so every cohort of 2 or more patients
+    exercises both fallbacks: patient 1, 5, 9...: no AORTA (the aorta finder runs); 2, 6, 10...: no
+    lungs (CT lung segmentation); 3, 7, 11...: neither; 4, 8, 12...: everything contoured."""
+    return {1: ["AORTA"], 2: ["LUNGS"], 3: ["AORTA", "LUNGS"], 0: []}[index % 4]
+
+
 def _dce_frame_times() -> NDArray[np.float64]:
     """4 baseline frames, 3-s sampling through the first pass, then sparser to 150 s (26 frames)."""
     return np.concatenate([[0.0, 3.0, 6.0, 9.0], np.arange(12.0, 61.0, 3.0), [75.0, 90.0, 105.0, 120.0, 150.0]])
@@ -186,7 +259,12 @@ def _write_patient(out: Path, index: int, seed: int, preset: Preset) -> dict[str
     fdg = appearance.FdgUptake.draw(rng, hot_rim=params.necrotic_fraction > 0)
     hx4 = appearance.draw_hx4(rng)
     hct = 0.45
-    kinetics = appearance.draw_kinetics(rng, hct)
+    kinetics = appearance.draw_kinetics(rng)
+    look = appearance.CtLook.draw(rng)
+    # PET encoding of this patient's scanner: most export BQML; some GE-like (SeriesTime rewritten
+    # at reconstruction, the scan start in a private tag) and Philips-like (CNTS + SUV factor)
+    vendor = str(rng.choice(["standard", "ge", "philips"], p=[0.6, 0.2, 0.2]))
+    missing = _not_contoured(index)
     weight_kg = float(np.round(rng.uniform(52, 98), 1))
     height_m = float(np.round(rng.uniform(1.55, 1.92), 2))
     sex = str(rng.choice(["M", "F"]))
@@ -194,16 +272,27 @@ def _write_patient(out: Path, index: int, seed: int, preset: Preset) -> dict[str
     planning_day = datetime(2024, 1, 8) + timedelta(days=int(14 * (index - 1) + rng.integers(0, 10)))
     roi_names = {name: str(rng.choice(options)) for name, options in ROI_NAME_VARIANTS.items()}
 
-    def session(name: str, day_offset: int, shift: tuple[float, float, float], deg: float) -> Session:
-        return Session(name, stable_uid(*key, name, "study"), stable_uid(*key, name, "for"), _draw_pose(rng, shift, deg), planning_day - timedelta(days=day_offset))
+    vertebra_front = anatomy.y_vertebra - 18.0
+    # rigid landmarks: vertebral body centres (bone does not breathe), planning-CT LPS mm
+    spine_landmarks = [(0.0, anatomy.y_vertebra, z) for z in (-60.0, 0.0, 60.0)]
 
+    def fov(max_xy: float, max_z: float) -> tuple[float, float, float]:
+        return (float(rng.uniform(-max_xy, max_xy)), float(rng.uniform(-max_xy, max_xy)), float(rng.uniform(-max_z, max_z)))
+
+    def session(name: str, day_offset: int, shift: tuple[float, float, float], deg: float, offset: tuple[float, float, float]) -> Session:
+        return Session(name, stable_uid(*key, name, "study"), stable_uid(*key, name, "for"), _draw_pose(rng, shift, deg),
+                       planning_day - timedelta(days=day_offset), offset)
+
+    # diagnostic PET/CT without the planning immobilisation: larger rotations, the field of view
+    # centred wherever the technologist put it
     sessions = {
-        "fdg": session("fdg", int(rng.integers(3, 10)), (15.0, 15.0, 20.0), 3.0),
-        "hx4_2h": session("hx4", int(rng.integers(1, 3)), (15.0, 15.0, 20.0), 3.0),
-        "dce": session("dce", 0, (5.0, 5.0, 5.0), 1.0),
+        "fdg": session("fdg", int(rng.integers(3, 10)), (15.0, 15.0, 20.0), 5.0, fov(25.0, 20.0)),
+        "hx4_2h": session("hx4", int(rng.integers(1, 3)), (15.0, 15.0, 20.0), 5.0, fov(25.0, 20.0)),
+        "dce": session("dce", 0, (5.0, 5.0, 5.0), 1.5, fov(5.0, 0.0)),
     }
     # the 4 h scan follows the same injection on the same day, the patient repositioned on the table
-    sessions["hx4_4h"] = Session("hx4_4h", sessions["hx4_2h"].study_uid, stable_uid(*key, "hx4_4h", "for"), _draw_pose(rng, (15.0, 15.0, 20.0), 3.0), sessions["hx4_2h"].day)
+    sessions["hx4_4h"] = Session("hx4_4h", sessions["hx4_2h"].study_uid, stable_uid(*key, "hx4_4h", "for"), _draw_pose(rng, (15.0, 15.0, 20.0), 5.0),
+                                 sessions["hx4_2h"].day, fov(25.0, 20.0))
     who = lambda s: PatientStudy(pid, f"Sample^{index:03d}", da(birth), sex, s.study_uid, da(s.day), "080000.000000", accession=f"A{index:03d}{s.key[:3].upper()}")  # noqa: E731
     dicom = out / "dicom"
     folder = lambda *parts: dicom / stable_uid(*key, *parts, "dir")[-12:]  # noqa: E731  opaque folder names
@@ -212,24 +301,28 @@ def _write_patient(out: Path, index: int, seed: int, preset: Preset) -> dict[str
     # ---- planning CT (contrast-enhanced) and RTSTRUCT ------------------------------------------------
     planning = ImageGrid.centred(preset.planning_size, preset.planning_spacing, (0.0, 0.0, 0.0))
     plan_session = Session("planning", stable_uid(*key, "planning", "study"), stable_uid(*key, "planning", "for"), RigidTransform(), planning_day)
-    structure_names = [n for n in Anatomy.CONTOURED if n != "GTV_NODE" or with_node]
-    painters: dict[str, scanner.Painter] = {"hu": lambda s: appearance.hu(s, contrast_blood_hu=170.0)}
-    for name in structure_names:
+    left_out = {"GTV_NODE"} if not with_node else set()
+    left_out |= {"AORTA"} & set(missing) | ({"LUNG_L", "LUNG_R"} if "LUNGS" in missing else set())
+    structure_names = [n for n in Anatomy.CONTOURED if n not in left_out]
+    modelled = [n for n in Anatomy.CONTOURED if n != "GTV_NODE" or with_node]  # truth also for what was not contoured
+    painters: dict[str, scanner.Painter] = {"hu": lambda s: look.hu(s, contrast=True)}
+    for name in modelled:
         painters[f"frac:{name}"] = lambda s, n=name: (s.structures[n] < 0).astype(float)
     rendered = scanner.render(planning, anatomy, None, painters, preset.planning_supersample)
-    ct_hu = rendered["hu"] + rng.normal(scale=preset.planning_noise_hu, size=planning.shape)
+    ct_hu = rendered["hu"] + _noise(rng, preset.planning_noise_hu * look.noise_scale, planning.shape)
     plan_series = SeriesInfo("CT", stable_uid(*key, "planning", "series"), 2, "Planning CT thorax (contrast)", da(planning_day), "081500.000000", plan_session.frame_uid)
     ct_sets = write_ct_series(folder("planning", "ct"), planning, [CtFrame(ct_hu, "081500.000000")], who(plan_session), plan_series, uid_key=(*key, "planning", "ct"))
 
-    fields = {name: np.zeros(planning.shape) for name in structure_names}
+    fields = {name: np.zeros(planning.shape, np.float32) for name in modelled}
     for k in range(planning.size[2]):
         levelsets = anatomy.evaluate(planning.slice_points(k)).structures
-        for name in structure_names:
+        for name in modelled:
             fields[name][k] = -levelsets[name]
     volumes = {name: _planimetric_volume_cc(anatomy, planning, name, field) for name, field in fields.items()}
     upsample = max(1, int(round(min(planning.spacing[:2]) / 1.0)))  # ~1 mm point spacing, as clinical contours
     rois = []
-    for name, field in fields.items():
+    for name in structure_names:
+        field = fields[name]
         rois.append(RoiContours(roi_names[name], Anatomy.CONTOURED[name], ROI_COLOURS[name], contours_from_field(planning, field, level=0.0, upsample=upsample)))
     del fields
     rs_series = SeriesInfo("RTSTRUCT", stable_uid(*key, "planning", "rtstruct-series"), 3, "Clinical contours", da(planning_day), "101500.000000", plan_session.frame_uid)
@@ -238,11 +331,12 @@ def _write_patient(out: Path, index: int, seed: int, preset: Preset) -> dict[str
 
     structures_truth = {
         name: {
-            "roi_name": roi_names[name],
+            "roi_name": roi_names[name] if name in structure_names else None,
+            "contoured": name in structure_names,
             "volume_cc": volumes[name],
             "partial_volume_cc": float(rendered[f"frac:{name}"].sum() * planning.voxel_volume_mm3 / 1000.0),
         }
-        for name in structure_names
+        for name in modelled
     }
     tumour_truth = {
         "centre_mm": list(params.tumour.centre), "equivalent_radius_mm": params.tumour.r0,
@@ -251,6 +345,9 @@ def _write_patient(out: Path, index: int, seed: int, preset: Preset) -> dict[str
         **_fine_tumour_measures(anatomy, fdg),
     }
     tumour_truth["hypoxic_fraction"] = tumour_truth["hypoxic_volume_cc"] / tumour_truth["gtv_volume_cc"]
+    tumour_truth["contoured_gtv"] = _observer_deviation(params.tumour, params.observer_gtv)
+    tumour_truth["as_measured"] = _as_measured_pet_truth(anatomy, fdg, hx4, preset.psf_fwhm_mm)
+    descending = anatomy.aorta_line[0]
 
     # ---- PET/CT sessions -------------------------------------------------------------------------
     session_truth: dict[str, Any] = {}
@@ -265,10 +362,10 @@ def _write_patient(out: Path, index: int, seed: int, preset: Preset) -> dict[str
         injection = hx4_injection if name.startswith("hx4") else at(s.day, 9, int(rng.integers(0, 50)))
         start = plus(injection, uptake_s)
         z_c = float(params.tumour.centre[2]) * 0.5
-        ct_grid = _session_grid(preset.session_ct_size, preset.session_ct_spacing, s.pose, z_c)
-        pet_grid = _session_grid(preset.pet_size, preset.pet_spacing, s.pose, z_c)
-        lowdose = scanner.render(ct_grid, anatomy, s.pose, {"hu": appearance.hu}, 1)["hu"]
-        lowdose += rng.normal(scale=preset.lowdose_noise_hu, size=ct_grid.shape)
+        ct_grid = _session_grid(preset.session_ct_size, preset.session_ct_spacing, s.pose, z_c, s.fov_offset_mm)
+        pet_grid = _session_grid(preset.pet_size, preset.pet_spacing, s.pose, z_c, s.fov_offset_mm)
+        lowdose = scanner.render(ct_grid, anatomy, s.pose, {"hu": lambda smp: look.hu(smp, contrast=False)}, 1)["hu"]
+        lowdose += _noise(rng, preset.lowdose_noise_hu * look.noise_scale, ct_grid.shape)
         ct_series = SeriesInfo("CT", stable_uid(*key, name, "ct-series"), 10 * number + 11, f"{tracer.split()[0]} PET/CT low-dose CT", da(s.day), tm(plus(start, -120)), s.frame_uid)
         write_ct_series(folder(name, "ct"), ct_grid, [CtFrame(lowdose, tm(plus(start, -120)))], who(s), ct_series, uid_key=(*key, name, "ct"))
 
@@ -276,9 +373,16 @@ def _write_patient(out: Path, index: int, seed: int, preset: Preset) -> dict[str
         noisy = scanner.pet_noise(rng, clean, preset.pet_cv_at_suv1)
         decayed_dose = dose_bq * math.exp(-math.log(2) * uptake_s / F18_HALF_LIFE_S)
         suv_to_bqml = decayed_dose / (weight_kg * 1000.0)
-        acq = PetAcquisition(tracer, dose_bq, F18_HALF_LIFE_S, dt(injection), weight_kg, height_m, frame_duration_ms=180000.0 * 6)
+        acq = PetAcquisition(tracer, dose_bq, F18_HALF_LIFE_S, dt(injection), weight_kg, height_m, frame_duration_ms=180000.0 * 6,
+                             vendor=vendor, reconstruction_time=tm(plus(start, 2400.0)), scan_datetime=dt(start), suv_per_bqml=1.0 / suv_to_bqml)
         pet_series = SeriesInfo("PT", stable_uid(*key, name, "pet-series"), 10 * number + 12, f"{tracer.split()[0]} PET AC", da(s.day), tm(start), s.frame_uid)
         write_pet_series(folder(name, "pet"), pet_grid, noisy * suv_to_bqml, who(s), pet_series, acq, uid_key=(*key, name, "pet"))
+        # every study also holds the non-attenuation-corrected reconstruction: without attenuation
+        # correction the centre of the body loses counts along its depth (water, 0.0096 /mm at 511 keV)
+        depth_mm = ndimage.distance_transform_edt(clean > 0.1, sampling=(pet_grid.spacing[2], pet_grid.spacing[1], pet_grid.spacing[0]))
+        nac = noisy * np.exp(-0.0096 * depth_mm)
+        nac_series = SeriesInfo("PT", stable_uid(*key, name, "pet-nac-series"), 10 * number + 13, f"{tracer.split()[0]} PET NAC", da(s.day), tm(start), s.frame_uid)
+        write_pet_series(folder(name, "pet-nac"), pet_grid, nac * suv_to_bqml, who(s), nac_series, replace(acq, attenuation_corrected=False), uid_key=(*key, name, "pet-nac"))
 
         centre_s = s.pose.apply(np.asarray(params.tumour.centre))
         near = np.linalg.norm(_grid_points(pet_grid) - centre_s, axis=-1) <= 1.2 * params.tumour.r0 + 5.0
@@ -286,10 +390,14 @@ def _write_patient(out: Path, index: int, seed: int, preset: Preset) -> dict[str
         session_truth[name] = {
             "planning_to_session": s.pose.as_dict(),
             "tumour_centre_session_mm": centre_s.tolist(),
+            "fov_offset_mm": list(s.fov_offset_mm),
+            "spine_landmarks_session_mm": [s.pose.apply(np.asarray(v)).tolist() for v in spine_landmarks],
             "ct_grid": _grid_dict(ct_grid), "pet_grid": _grid_dict(pet_grid),
             "tracer": tracer, "injected_dose_bq": dose_bq, "injection_datetime": dt(injection),
             "series_datetime": dt(start), "uptake_time_s": uptake_s, "weight_kg": weight_kg,
-            "bqml_per_suv": suv_to_bqml, "psf_fwhm_mm": preset.psf_fwhm_mm,
+            "bqml_per_suv": suv_to_bqml, "psf_fwhm_mm": preset.psf_fwhm_mm, "vendor_encoding": vendor,
+            "pet_cv_at_suv1": preset.pet_cv_at_suv1,
+            "nac_series_uid": nac_series.series_uid, "ac_series_uid": pet_series.series_uid,
             "tumour_suvmax_blurred_noiseless": float(clean[near].max()),
             "tumour_centre_voxel_ijk": [int(ci), int(cj), int(ck)],
             "tumour_centre_mean_suv_3x3x3_noiseless": float(clean[ck - 1 : ck + 2, cj - 1 : cj + 2, ci - 1 : ci + 2].mean()),
@@ -303,28 +411,36 @@ def _write_patient(out: Path, index: int, seed: int, preset: Preset) -> dict[str
     # ---- DCE-CT slab ---------------------------------------------------------------------------------
     s = sessions["dce"]
     times = _dce_frame_times()
-    delay_s = float(rng.uniform(8.0, 14.0))
     hu_per_mm = 40.0
-    fine_t = np.arange(0.0, times[-1] + 0.25, 0.25)
-    cp_fine = parker_aif(fine_t / 60.0, delay_min=delay_s / 60.0) / (1.0 - hct)
+    pools = BloodPools(aorta_arrival_s=float(rng.uniform(8.0, 14.0)), pulmonary_transit_s=float(rng.uniform(4.0, 7.0)),
+                       svc_lead_s=float(rng.uniform(1.5, 3.0)))
+    fine_t = np.arange(0.0, times[-1] + STEP_S / 2, STEP_S)
+    plasma_fine = pools.aorta(fine_t) / (1.0 - hct)
+    frame_index = np.rint(times / STEP_S).astype(int)
     curves = np.zeros((len(Tissue), times.size))
-    frame_index = np.rint(times / 0.25).astype(int)
     for tissue, kin in kinetics.items():
-        model = extended_tofts(fine_t, cp_fine, kin.ktrans_per_min, kin.ve, kin.vp) if kin.model == "etofts" else patlak(fine_t, cp_fine, kin.ktrans_per_min, kin.vp)
-        curves[int(tissue)] = hu_per_mm * model[0, frame_index]
-    dce_grid = _session_grid(preset.dce_size, preset.dce_spacing, s.pose, float(params.tumour.centre[2]))
-    base_hu = appearance.hu
-    frame_painters = {f"f{f}": (lambda smp, f=f: base_hu(smp) + curves[smp.tissue, f]) for f in range(times.size)}
+        curves[int(tissue)] = hu_per_mm * tissue_curve(kin, fine_t, plasma_fine)[frame_index]
+    pool_curves = {Tissue.BLOOD: pools.aorta, Tissue.BLOOD_RIGHT: pools.right_heart, Tissue.BLOOD_VENOUS: pools.svc}
+    for tissue, curve in pool_curves.items():
+        curves[int(tissue)] = hu_per_mm * curve(times)
+    dce_grid = _session_grid(preset.dce_size, preset.dce_spacing, s.pose, float(params.tumour.centre[2]), s.fov_offset_mm)
+    frame_painters = {f"f{f}": (lambda smp, f=f: look.hu(smp, contrast=False) + curves[smp.tissue, f]) for f in range(times.size)}
     frames_clean = scanner.render(dce_grid, anatomy, s.pose, frame_painters, preset.dce_supersample)
     dce_start = at(planning_day, 8, 40)
-    frames = [CtFrame(frames_clean[f"f{f}"] + rng.normal(scale=preset.dce_noise_hu, size=dce_grid.shape), tm(plus(dce_start, float(t)))) for f, t in enumerate(times)]
+    frames = [CtFrame(frames_clean[f"f{f}"] + _noise(rng, preset.dce_noise_hu * look.noise_scale, dce_grid.shape), tm(plus(dce_start, float(t)))) for f, t in enumerate(times)]
     dce_series = SeriesInfo("CT", stable_uid(*key, "dce", "series"), 5, "DCE-CT perfusion thorax", da(planning_day), tm(dce_start), s.frame_uid)
     write_ct_series(folder("dce", "ct"), dce_grid, frames, who(s), dce_series, uid_key=(*key, "dce", "ct"), kvp=100.0)
     perfusion_truth = {
         "planning_to_session": s.pose.as_dict(), "grid": _grid_dict(dce_grid), "frame_times_s": times.tolist(),
-        "hematocrit": hct, "hu_per_mM": hu_per_mm, "aif": "Parker 2006 population AIF (blood), delayed",
-        "bolus_arrival_s": delay_s,
-        "tissues": {t.name.lower(): {"model": k.model, "ktrans_per_min": k.ktrans_per_min, "ve": k.ve, "vp": k.vp} for t, k in kinetics.items()},
+        "fov_offset_mm": list(s.fov_offset_mm),
+        "hematocrit": hct, "hu_per_mM": hu_per_mm,
+        "aif": "descending aorta: Parker 2006 population blood curve, delayed (sample/kinetics.py)",
+        "bolus_arrival_s": pools.aorta_arrival_s, "pulmonary_transit_s": pools.pulmonary_transit_s, "svc_lead_s": pools.svc_lead_s,
+        "blood_pool_peak_s": {t.name.lower(): float(times[int(np.argmax(curves[int(t)]))]) for t in pool_curves},
+        "blood_curves_hu": {t.name.lower(): curves[int(t)].tolist() for t in pool_curves},
+        "tissue_curves_hu": {t.name.lower(): curves[int(t)].tolist() for t in (Tissue.TUMOUR_VIABLE, Tissue.TUMOUR_HYPOXIC)},
+        "tissues": {t.name.lower(): k.as_dict() for t, k in kinetics.items()},
+        "noise_hu": preset.dce_noise_hu * look.noise_scale,
     }
 
     truth: dict[str, Any] = {
@@ -333,6 +449,13 @@ def _write_patient(out: Path, index: int, seed: int, preset: Preset) -> dict[str
                        "(x_s = A @ [x_p, 1]), as ITK's registration transform with fixed = planning CT.",
         "histology": histology, "has_node": with_node, "sex": sex, "weight_kg": weight_kg, "height_m": height_m,
         "planning_date": da(planning_day), "planning_grid": _grid_dict(planning),
+        "structures_not_contoured": sorted(left_out - {"GTV_NODE"}),
+        "spine_landmarks_mm": [list(v) for v in spine_landmarks],
+        "landmarks_mm": {"descending_aorta_centre_xy": [float(descending[0]), float(descending[1])], "descending_aorta_radius": 12.0,
+                         "vertebral_body_centre_xy": [0.0, float(anatomy.y_vertebra)], "vertebral_body_front_y": float(vertebra_front),
+                         "superior_vena_cava_centre_xy": [float(v) for v in anatomy.svc_line[1, :2]]},
+        "ct": {"vertebra_hu": look.vertebra_hu, "planning_blood_hu": {t.name.lower(): v for t, v in look.contrast_hu.items()},
+               "noise_scale": look.noise_scale, "planning_noise_hu": preset.planning_noise_hu * look.noise_scale},
         "structures": structures_truth, "tumour": tumour_truth, "sessions": session_truth, "perfusion": perfusion_truth,
         "hx4_injection_datetime": dt(hx4_injection),
     }

@@ -47,7 +47,7 @@ def _block_mean(values: NDArray[np.float64], s: int) -> NDArray[np.float64]:
 
 def render(grid: ImageGrid, anatomy: Anatomy, pose: RigidTransform | None, painters: dict[str, Painter], supersample: int = 1) -> dict[str, NDArray[np.float64]]:
     """Evaluate several painters on ``grid`` in one pass over the anatomy; arrays (k, j, i)."""
-    out = {name: np.zeros(grid.shape) for name in painters}
+    out = {name: np.zeros(grid.shape, np.float32) for name in painters}  # float32: clinical matrices
     for k in range(grid.size[2]):
         pts = slice_subpoints(grid, k, supersample)
         if pose is not None:

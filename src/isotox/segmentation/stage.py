@@ -26,7 +26,7 @@ from isotox.atomic import atomic_path
 from isotox.errors import InputDataError
 from isotox.images import array, body_mask, centroid_mm, lung_mask, mask_image, read_image, split_lungs, voxel_cc, write_image
 from isotox.qcplots import three_planes
-from isotox.segmentation.aorta import find_descending_aorta
+from isotox.segmentation.aorta import locate_descending_aorta
 from isotox.segmentation.features import pet_features
 from isotox.segmentation.hypoxia import blood_suv, hypoxia_metrics
 from isotox.segmentation.margins import expand
@@ -191,10 +191,13 @@ def _blood_roi(work: _Work) -> NDArray[np.bool_] | None:
     """The RTSTRUCT's AORTA, else the descending aorta found on the (contrast) planning CT."""
     if "AORTA" in work.masks and work.masks["AORTA"].any():
         return work.masks["AORTA"]
-    found = find_descending_aorta(work.planning, work.masks["BODY"])
+    finding = locate_descending_aorta(work.planning, work.masks["BODY"])
+    found = finding.mask
     if not found.any():
         return None
-    work.add("AORTA_CT", found, "descending aorta found on the planning CT (no AORTA structure)")
+    q = finding.as_dict()
+    work.add("AORTA_CT", found, f"descending aorta found on the planning CT by anatomy (no AORTA structure): {q['slices']} slices, "
+             f"{q['mean_area_cm2']:.1f} cm2, {q['left_of_spine_mm']:.0f} mm left of the spine")
     work.flags.append("blood ROI: descending aorta found on the planning CT (the RTSTRUCT has no AORTA); check qc/contours.png")
     return found
 
