@@ -182,9 +182,9 @@ def main() -> None:
                 n = max(args.subset, n // 20)  # 23x the frames: keep the run (and memory) comparable
             curves, cp, truth = _curves(model, t, n, rng, args.noise_hu)
             key = "fp" if model == "2cxm" else "ktrans"
-            result, wall, cpu = _timed(lambda: fit(t, curves, cp, model))
+            result, wall, cpu = _timed(lambda c=curves: fit(t, c, cp, model))
             sub = slice(0, args.subset)
-            ref, ref_wall, ref_cpu = _timed(lambda: _reference_fit(model, t, curves[sub], cp))
+            ref, ref_wall, ref_cpu = _timed(lambda c=curves: _reference_fit(model, t, c[sub], cp))
             ours_rate, ref_rate = n / cpu, args.subset / ref_cpu
             print(f"  {model:7s} isotox: {n} voxels in {wall:.1f} s wall / {cpu:.1f} s CPU = {ours_rate:,.0f} voxels/CPU-s; "
                   f"{key}: {_error(result[key], truth[key])}")  # type: ignore[index]

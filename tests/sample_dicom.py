@@ -83,10 +83,17 @@ def _dt(text: str) -> datetime:
 
 
 def suv_factor(ds: Dataset) -> float:
-    """SUVbw factor for Units BQML, DecayCorrection START: weight[g] / (dose decayed to SeriesTime)."""
-    assert ds.Units == "BQML" and ds.DecayCorrection == "START"
+    """SUVbw factor per stored (rescaled) value, DecayCorrection START: weight[g] / (dose decayed to the scan start).
+
+    The scan start is SeriesTime, or for the GE variant (SeriesTime rewritten at reconstruction) the
+    private (0009,100D); Philips CNTS series carry the factor itself in (7053,1000).
+    """
+    assert ds.DecayCorrection == "START"
+    if ds.Units == "CNTS":
+        return float(ds[0x70531000].value)
+    assert ds.Units == "BQML"
     info = ds.RadiopharmaceuticalInformationSequence[0]
     injection = _dt(info.RadiopharmaceuticalStartDateTime)
-    start = _dt(ds.SeriesDate + ds.SeriesTime)
+    start = _dt(str(ds[0x0009100D].value)) if (0x0009, 0x100D) in ds else _dt(ds.SeriesDate + ds.SeriesTime)
     decayed = float(info.RadionuclideTotalDose) * math.exp(-math.log(2) * (start - injection).total_seconds() / float(info.RadionuclideHalfLife))
     return float(ds.PatientWeight) * 1000.0 / decayed

@@ -1,21 +1,17 @@
 """Stage 4 on the sample cohort: the AIF, bolus arrival and tumour parameters against the generator.
 
-The sample tumour is a mixture of viable and hypoxic tissue (hypoxic: half the viable Ktrans
-and vp, the same ve; sometimes a necrotic core). The DCE slab (4 cm) covers the tumour's centre,
-where the hypoxic core is, so the mixture *inside the slab* is not the whole tumour's and is not
-in the ground truth. What is known exactly is the range: a mixture's curve, fitted by one
-extended Tofts model, gives Ktrans and vp between the two tissues' values (to 0.5 %, checked by
-simulation of 25-75 % mixtures on this frame schedule) and ve at most 8 % below the common ve
-(one exponential fitted to two washout rates). Tolerances on top, from the OSIPI reference
-tolerances (Ktrans 0.005 /min + 10 %, ve 0.05, vp 0.025), which cover the slab's 12 HU noise
-averaged over the ROI and the partial volume of the GTV's border voxels (lung: Ktrans 0.02, vp 0.15).
+The sample tumour has finite plasma flow (2CXM truth, its own bolus delay and dispersion) and is a
+mixture of viable and hypoxic tissue (hypoxic: a third to a half of the flow, 60 % of the PS, half
+the vp, the same ve; sometimes a necrotic core); the generator's curves are RK4 solutions of the
+compartment equations, not isotox's models. The DCE slab covers the tumour's centre, so the
+mixture *inside the slab* is not in the ground truth; what is known is the range between the two
+tissues. Tolerances on top of that range, from the OSIPI reference tolerances (Ktrans 0.005 /min +
+10 %) plus 5 % for the observer-drawn GTV's rim of lung (vp 0.15) and the finite-flow bias of an
+extended Tofts fit (measured on the generator's own noiseless curves: +15 % at most).
 
-* bolus arrival within one frame interval (3 s) of the generator's AIF delay (our definition,
-  5 % of the peak rise, lags Parker's origin by ~2 s);
-* AIF: the measured blood curve within 10 % of its peak (RMS) of the generator's curve (noise
-  averaged over ~200 lumen voxels, no partial volume in the selected lumen).
+* bolus arrival within one frame interval (3 s) of the generator's aortic arrival;
+* AIF: the measured blood curve within 10 % of its peak (RMS) of the generator's aortic curve.
 """
-
 from __future__ import annotations
 
 import json
@@ -82,18 +78,32 @@ def test_aif_is_the_aorta_not_the_earlier_brighter_venous_side(perfused: list[tu
 
 
 def test_tumour_parameters_recover_the_truth(perfused: list[tuple[dict, dict, Path]]) -> None:
-    for truth, _, stage in perfused:
+    """Extended Tofts on the GTV's mean curve (delay fitted): Ktrans inside the viable-hypoxic range
+    +- (0.005 + 15 %), ve within the common ve (-8 % - 0.05, +0.05); the 2CXM fit's vp inside its
+    range +- min(0.015, half the lower value); the voxel-wise GTV median Ktrans within the range
+    +- 30 % (5 mm smoothing, 8-18 HU noise), fits at a bound left out of it.
+
+    Nearest wrong answers, rejected (asserted): Ktrans off by 2x or by 0.5x (the band cannot hold
+    either for the range's midpoint), and vp = 0 (the old 0.025 band accepted it)."""
+    for truth, summary, stage in perfused:
         pid = truth["patient_id"]
         roi = pd.read_csv(stage / "tumour_roi_fits.tsv", sep="\t").set_index("model")
-        ktrans, ve, vp = (float(roi.loc["etofts", k]) for k in ("ktrans", "ve", "vp"))
-        assert _within(ktrans, _tissue_range(truth, "ktrans"), 0.005, 0.10), (pid, ktrans, _tissue_range(truth, "ktrans"))
-        assert _within(vp, _tissue_range(truth, "vp"), 0.025), (pid, vp)
+        ktrans, ve = (float(roi.loc["etofts", k]) for k in ("ktrans", "ve"))
+        k_range = _tissue_range(truth, "ktrans")
+        assert _within(ktrans, k_range, 0.005, 0.15), (pid, ktrans, k_range)
+        mid = 0.5 * sum(k_range)
+        assert not _within(2.0 * mid, k_range, 0.005, 0.15) and not _within(0.5 * mid, k_range, 0.005, 0.15), (pid, k_range)
+        vp_range = _tissue_range(truth, "vp")
+        vp_tol = min(0.015, 0.5 * vp_range[0])
+        vp = float(roi.loc["2cxm", "vp"])
+        assert _within(vp, vp_range, vp_tol), (pid, vp, vp_range)
+        assert not _within(0.0, vp_range, vp_tol)
         true_ve = truth["perfusion"]["tissues"]["tumour_viable"]["ve"]
         assert true_ve - 0.08 * true_ve - 0.05 <= ve <= true_ve + 0.05, (pid, ve, true_ve)
+        assert summary["settings"]["delay"] == "fit"  # the default: a fixed zero delay biases every parameter
         voxels = pd.read_csv(stage / "tumour_perfusion.tsv", sep="\t").set_index(["region", "map"])
         gtv_ktrans = voxels.loc[("GTV", "etofts_ktrans")]
-        # voxel-wise (5 mm smoothing, 12 HU noise): the median lies in the same range, with 20 % more for noise
-        assert _within(float(gtv_ktrans["median"]), _tissue_range(truth, "ktrans"), 0.005, 0.30), (pid, gtv_ktrans["median"])
+        assert _within(float(gtv_ktrans["median"]), k_range, 0.005, 0.30), (pid, gtv_ktrans["median"])
         assert gtv_ktrans["coverage"] > 0.5 and gtv_ktrans["failed_fraction"] < 0.1
 
 
@@ -113,7 +123,7 @@ def test_no_dce_is_a_clear_error_and_structure_aif_needs_an_aorta(sample_run: Pa
     patient = tmp_path / "SAMPLE001"
     for stage in ("ingest", "register", "segment"):
         shutil.copytree(sample_run / "patients" / "SAMPLE001" / stage, patient / stage)
-    (patient / "segment" / "masks" / "AORTA.nii.gz").unlink()
+    (patient / "segment" / "masks" / "AORTA.nii.gz").unlink(missing_ok=True)  # SAMPLE001 has no AORTA contour anyway
     with pytest.raises(InputDataError, match="SAMPLE001.*no AORTA structure.*perfusion.aif: auto"):
         perfusion_patient(patient, PerfusionSettings(aif="structure", models=("patlak",)))
     (patient / "register" / "dce_mc.nii.gz").unlink()

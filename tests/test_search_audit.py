@@ -165,9 +165,9 @@ def _wrong_search(change: Callable[[dict[str, Any], Candidate], tuple[dict[str, 
 
 WRONG: dict[str, tuple[Callable[[pytest.MonkeyPatch], None], set[str]]] = {
     # the near-max read as the single hottest sample (the patients' oesophagus and cord)
-    # (on the sample's cord the two differ by less than the tolerance: 0.1 Gy of 23 Gy, so only the oesophagus is asserted)
+    # (which of the two exceeds the tolerance depends on the patient's dose gradient there: at least one must)
     "D0.03cc computed as Dmax": (_wrong_search(lambda c, k: ({**c, "metric": "Dmax"} if c["metric"] == "D0.03cc" else c, k)),
-                                 {"esophagus_max"}),
+                                 {"esophagus_max", "cord_max"}),
     # the plan's physical dose where the protocol says EQD2 (cord alpha/beta 2, oesophagus 10)
     "physical dose instead of EQD2": (_wrong_search(lambda c, k: ({**c, "dose_type": "physical"}, k)), {"esophagus_max", "cord_max"}),
     # every dose 5 % high (a wrong normalisation), fractions unchanged
@@ -231,11 +231,14 @@ def test_wrong_metric_in_the_search_is_caught_by_the_audit(audited_patient: dict
     main = table[~table["scan"].str.contains("whole-tumour")]
     at_prescribed = main[np.isclose(main["target_gy"], p["target"])]
     print(wrong, at_prescribed[["constraint", "isotox", "independent", "difference", "tolerance", "pass"]].to_string())
+    any_of = wrong == "D0.03cc computed as Dmax"  # the near-max vs max gap is patient-dependent: one of the two suffices
     if at_prescribed.empty:  # the wrong metric changed the arm (e.g. no longer randomizable): judge its own scan
-        assert affected <= set(table.loc[~table["pass"], "constraint"]), wrong
+        failed = set(table.loc[~table["pass"], "constraint"])
+        assert (affected & failed) if any_of else affected <= failed, wrong
         return
-    assert affected <= set(at_prescribed.loc[~at_prescribed["pass"], "constraint"]), wrong
-    for cid in affected:
+    failed = set(at_prescribed.loc[~at_prescribed["pass"], "constraint"])
+    assert (affected & failed) if any_of else affected <= failed, wrong
+    for cid in (affected & failed) if any_of else affected:
         row = at_prescribed[at_prescribed["constraint"] == cid].iloc[0]
         right = p["plan"]["prescription"]["constraints"][cid]["value"]
         assert abs(row["isotox"] - row["independent"]) > row["tolerance"]  # the wrong value is outside the tolerance

@@ -256,7 +256,10 @@ def test_uncontoured_aorta_is_found_by_anatomy(segmented: list[tuple[dict, dict,
         centre = pts[:, :2].mean(axis=0)
         assert np.linalg.norm(centre - landmarks["descending_aorta_centre_xy"]) <= 3.0, (truth["patient_id"], centre)
         assert np.linalg.norm(np.asarray(landmarks["vertebral_body_centre_xy"]) - landmarks["descending_aorta_centre_xy"]) > 3.0 + 20.0
-        assert np.all(np.linalg.norm(pts[:, :2] - landmarks["descending_aorta_centre_xy"], axis=1) <= landmarks["descending_aorta_radius"] + 2.0)
+        # >= 90 % of the voxel centres inside the lumen plus one in-plane voxel diagonal (the partial-volume rim)
+        rim = float(np.hypot(*image.GetSpacing()[:2]))
+        inside = np.linalg.norm(pts[:, :2] - landmarks["descending_aorta_centre_xy"], axis=1) <= landmarks["descending_aorta_radius"] + rim
+        assert inside.mean() >= 0.9, (truth["patient_id"], inside.mean())
         assert summary["figures"]["hx4_2h_blood_suv"] == pytest.approx(truth["sessions"]["hx4_2h"]["blood_suv"], rel=0.05)
         checked += 1
     assert checked, "the sample run has no patient without an AORTA contour"

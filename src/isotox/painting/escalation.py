@@ -66,5 +66,8 @@ def escalate(samples: dict[str, StructureSamples], protocol: dict[str, Any], com
     violated = ",".join(result.evaluations[0].violated)
     if fallback.chosen is None:
         return Escalation(False, None, False, violated, {}, f"no dose of the protocol keeps every constraint (violated at the lowest: {violated})")
-    return Escalation(False, fallback.chosen.candidate, False, violated, fallback.chosen.values,
+    # limiting: what binds at the dose shown (the uniform search's limiting constraints), not
+    # everything the base prescription breaks (that list is in the note)
+    binding = ",".join(fallback.limiting) if fallback.limiting else violated
+    return Escalation(False, fallback.chosen.candidate, False, binding, fallback.chosen.values,
                       f"the base {base_total_gy:g} Gy breaks {violated}: no escalation, isotoxic uniform {fallback.chosen.candidate.total_gy:g} Gy shown")

@@ -1,7 +1,7 @@
 """Population arterial input function (Parker et al., Magn Reson Med 2006;56:993-1000).
 
-Used by the sample generator to make a realistic aortic enhancement curve, and available to
-users who lack a measured AIF. Values are *blood* concentration in mM for a standard Gd dose;
+Available to users who lack a measured AIF, and to the tests as a textbook input curve (the
+sample generator has its own copy of the formula: it must not share the analysis code it referees). Values are *blood* concentration in mM for a standard Gd dose;
 isotox rescales it to Hounsfield units for CT (enhancement is linear in iodine concentration).
 """
 

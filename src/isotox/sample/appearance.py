@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from isotox.sample.anatomy import BLOOD_TISSUES, AnatomySample, Tissue
+from isotox.sample.anatomy import AnatomySample, Tissue
 from isotox.sample.kinetics import TissueKinetics
 
 T = Tissue
