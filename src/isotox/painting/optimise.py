@@ -31,11 +31,11 @@ from scipy.optimize import nnls
 
 from isotox.dicomio.volume import to_image
 from isotox.dose.beam_model import BeamModel
-from isotox.dose.beams import Aperture, BeamGeometry, conformal_aperture
+from isotox.dose.beams import Aperture, BeamGeometry
 from isotox.dose import photon_engine
 from isotox.dose.photon_engine import DensityVolume, beamlet_doses_at
 from isotox.images import array, resample_to
-from isotox.planning.unit_plans import PlanningContext, _organ_row_mask, _smoothing_rows, _target_points, _voxel_centres, _with_fluence, mask_on_grid
+from isotox.planning.unit_plans import PlanningContext, _organ_row_mask, _smoothing_rows, _voxel_centres, _with_fluence, beam_geometry, mask_on_grid
 
 log = logging.getLogger(__name__)
 #: organ-at-risk rows of the map problem (seeded subset): the beamlet matrix at them is most of the setup time
@@ -110,14 +110,7 @@ class MapPlanner:
         if organ_idx.size > MAX_ORGAN_ROWS:  # a GTV-sized field reaches few organ voxels: fewer rows steer it as well
             organ_rows = np.zeros_like(organ_rows)
             organ_rows.flat[np.sort(np.random.default_rng(1).choice(organ_idx, MAX_ORGAN_ROWS, replace=False))] = True
-        kji = np.argwhere(gtv)[:, ::-1].astype(float)
-        isocentre = tuple(float(v) for v in context.ct_grid.index_to_physical(kji.mean(axis=0)[None])[0])
-        points = _target_points(gtv, context.ct_grid)
-        pad = 4.0 * context.model.data.tail_sigma_mm
-        geometry = []
-        for angle in s.angles():
-            beam = BeamGeometry(angle, isocentre, context.model.data.source_axis_distance_mm)  # type: ignore[arg-type]
-            geometry.append((beam, conformal_aperture(beam, points, s.aperture_margin_mm, s.fan_pixel_mm, pad)))
+        geometry = beam_geometry(context, gtv)
         dose_voxels = context.calc_mask.copy()
         if evaluated:
             union = np.zeros(context.ct_grid.shape, bool)

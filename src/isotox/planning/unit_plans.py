@@ -222,13 +222,10 @@ def _beamlet_plan(context: PlanningContext, geometry: list[tuple[BeamGeometry, A
     return (dose * result.scale).astype(np.float32), result, [(d * result.scale).astype(np.float32) for d in per_beam], apertures
 
 
-def engine_plan(context: PlanningContext, name: str, target_name: str, target: NDArray[np.bool_]) -> UnitPlan:
-    """Conformal coplanar beams on ``target`` (CT grid), NNLS beam or beamlet weights, normalised to its median."""
-    start = time.perf_counter()
+def beam_geometry(context: PlanningContext, target: NDArray[np.bool_]) -> list[tuple[BeamGeometry, Aperture]]:
+    """The protocol's beams (isocentre at the target's centroid) with their conformal apertures:
+    shared by the unit plans and the painted plans, so both see the same fields."""
     s = context.settings
-    target_rows = mask_on_grid(target, context.ct_grid, context.dose_grid) & context.calc_mask
-    if not target_rows.any():
-        raise ValueError(f"target {target_name} has no voxel inside the body on the dose grid")
     kji = np.argwhere(target)[:, ::-1].astype(float)
     isocentre = tuple(float(v) for v in context.ct_grid.index_to_physical(kji.mean(axis=0)[None])[0])
     points = _target_points(target, context.ct_grid)
@@ -237,6 +234,17 @@ def engine_plan(context: PlanningContext, name: str, target_name: str, target: N
     for angle in s.angles():
         beam = BeamGeometry(angle, isocentre, context.model.data.source_axis_distance_mm)  # type: ignore[arg-type]
         geometry.append((beam, conformal_aperture(beam, points, s.aperture_margin_mm, s.fan_pixel_mm, pad)))
+    return geometry
+
+
+def engine_plan(context: PlanningContext, name: str, target_name: str, target: NDArray[np.bool_]) -> UnitPlan:
+    """Conformal coplanar beams on ``target`` (CT grid), NNLS beam or beamlet weights, normalised to its median."""
+    start = time.perf_counter()
+    s = context.settings
+    target_rows = mask_on_grid(target, context.ct_grid, context.dose_grid) & context.calc_mask
+    if not target_rows.any():
+        raise ValueError(f"target {target_name} has no voxel inside the body on the dose grid")
+    geometry = beam_geometry(context, target)
     organ_rows = _organ_row_mask(context)
     if s.weights == "beam":
         dose, result, per_beam, apertures = _beam_weight_plan(context, geometry, target_rows, organ_rows)
@@ -245,7 +253,7 @@ def engine_plan(context: PlanningContext, name: str, target_name: str, target: N
     target_mean = float(dose[target_rows].mean())
     beams = []
     for (beam, open_field), aperture, beam_dose in zip(geometry, apertures, per_beam):
-        entry: dict[str, Any] = {"gantry_deg": beam.gantry_deg, "isocentre_mm": [round(v, 2) for v in isocentre], "sad_mm": beam.sad_mm,
+        entry: dict[str, Any] = {"gantry_deg": beam.gantry_deg, "isocentre_mm": [round(v, 2) for v in beam.isocentre_mm], "sad_mm": beam.sad_mm,
                                  "field_area_cm2": round(open_field.area_cm2, 2), "equivalent_square_cm": round(open_field.equivalent_square_cm, 2),
                                  # the beam's share of the target's mean dose (weights of different kinds compare this way)
                                  "relative_weight": round(float(beam_dose[target_rows].mean()) / target_mean, 4) if target_mean > 0 else 0.0}
