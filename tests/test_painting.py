@@ -25,8 +25,11 @@ from isotox.painting.maps import contour_shape, linear_shape, prescription_by_nu
 from isotox.dose.photon_engine import beam_dose_at
 from isotox.painting.optimise import MapPlanner, beam_doses_for_fluences, shape_on_dose_grid
 from isotox.painting.quality import quality_factor, qvh
+from isotox.dose.dvh import StructureSamples
+from isotox.dose.search import Candidate
+from isotox.painting.equal_toxicity import common_level, measure_function, scale_to_level
 from isotox.painting.settings import PaintingSettings, TcpParameters
-from isotox.painting.stage import strategies_patient
+from isotox.painting.stage import EQUAL_TOXICITY_SUFFIX, strategies_patient
 from isotox.painting.tcp import clonogens, oxygen_modification, po2_from_tbr, tcp
 from isotox.planning.settings import PlanningSettings
 from isotox.planning.unit_plans import PlanningContext, engine_plan
@@ -209,6 +212,50 @@ def test_hypoxic_voxels_lower_tcp_at_equal_dose() -> None:
     assert hypoxic < 0.6 * oxic, (oxic, hypoxic)
 
 
+# --- equal toxicity -------------------------------------------------------------------------------
+
+def _lung_samples(seed: int, component_scale: float) -> dict[str, StructureSamples]:
+    rng = np.random.default_rng(seed)
+    base = rng.uniform(0.0, 0.6, 5000)
+    return {"LUNGS_MINUS_GTV": StructureSamples("LUNGS_MINUS_GTV", [base, component_scale * rng.uniform(0.0, 0.2, 5000) * base],
+                                                np.full(5000, 0.01), 0.0)}
+
+
+def test_scale_to_level_reaches_the_common_mean_lung_dose() -> None:
+    """Two synthetic strategies on one base (66 Gy x base, MLD 19.8 Gy): their own limits (increments
+    20 and 12 Gy) give different MLDs; the common level is the lower, and the other strategy scaled
+    to it has that MLD within 1e-6 Gy (bisection to 1e-7 Gy of increment, MLD slope < 0.1 Gy/Gy)
+    at an increment below its own. The MLD is affine in the increment, so the hand solution
+    s* = (L - 66 mean(base)) / mean(component) is the answer. Nearest wrong answer: the own-limit
+    MLD (differs by > 0.05 Gy here)."""
+    a, b = _lung_samples(1, 1.0), _lung_samples(1, 2.0)
+    measures = {n: measure_function(s, {}, "mld_gy") for n, s in (("a", a), ("b", b))}
+    own = {"a": measures["a"](Candidate(66.0, 24, 20.0)), "b": measures["b"](Candidate(66.0, 24, 12.0))}
+    level, setter = common_level(own)
+    assert setter == "a" and abs(own["a"] - own["b"]) > 0.05
+    point = scale_to_level(measures["b"], 66.0, 24, 12.0, level)
+    lung = b["LUNGS_MINUS_GTV"]
+    hand = (level - 66.0 * lung.doses[0].mean()) / lung.doses[1].mean()
+    assert point.increment_gy < 12.0 and point.increment_gy == pytest.approx(hand, abs=1e-6)
+    assert abs(point.value - level) <= 1e-6
+    assert scale_to_level(measures["a"], 66.0, 24, 20.0, level).increment_gy == 20.0  # the setter keeps its own point
+
+
+def test_tcp_is_monotone_in_the_scale_of_a_non_negative_component() -> None:
+    """TCP(66 Gy x base + s x component) on a GTV with hypoxic voxels never decreases with s for a
+    non-negative component (0..20 Gy in 0.5 Gy steps): the premise of comparing strategies at one
+    scale. Nearest wrong answer: a component with negative voxels, which lowers TCP (checked too)."""
+    params = PaintingSettings.load(PAINTING).tcp
+    rng = np.random.default_rng(3)
+    base, component = rng.uniform(0.95, 1.05, 2000), rng.uniform(0.0, 1.0, 2000)
+    omf = oxygen_modification(po2_from_tbr(rng.uniform(0.8, 2.5, 2000), params), params.oer_m, params.oer_k_mmhg)
+    n = clonogens(rng.uniform(1, 10, 2000), 0.03, params.clonogen_density_per_cc)
+    values = [tcp(66.0 * base + s * component, 24, n, params, omf) for s in np.arange(0.0, 20.01, 0.5)]
+    assert np.all(np.diff(values) >= -1e-15) and values[-1] > values[0], values
+    negative = [tcp(66.0 * base + s * (component - 0.8), 24, n, params, omf) for s in (0.0, 10.0)]
+    assert negative[1] < negative[0]
+
+
 # --- the workflow's strategies stage -----------------------------------------------------------
 
 def _voxel_dvh_value(dose: np.ndarray, mask: np.ndarray, voxel_cc: float, constraint: dict, fractions: int) -> float:
@@ -298,3 +345,103 @@ def test_painting_yaml_typo_fails_with_the_key(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         PaintingSettings.load(bad)
     assert "boost_pecent" in str(info.value) and str(bad) in str(info.value)
+
+
+# --- equal toxicity on the sample run ------------------------------------------------------------
+
+EQUAL_TOLERANCE_GY = 1e-3  # strategies.tsv keeps 5 significant digits: an MLD of 10-99 Gy to 0.0005 Gy
+
+
+def _equal_rows(table: pd.DataFrame) -> pd.DataFrame:
+    return table[table.eqtox_status.isin(["at the level", "sets the level"])]
+
+
+def test_equal_toxicity_rows_share_one_mean_lung_dose(sample_run: Path) -> None:
+    """On every patient the escalated strategies' rows at equal toxicity have the same MLD (the
+    configured measure), the patient's common level, within 1e-3 Gy in the TSV (5 significant digits)
+    and 1e-6 Gy in strategies.json; the level is the lowest own-limit MLD, so no strategy is scaled
+    up. Would fail if the ceiling-limited values were reported instead: on the sample run the
+    own-limit MLDs of the same rows spread by more than 0.05 Gy on at least one patient (the strategies
+    stop at different ceilings and constraints), far outside the tolerance."""
+    spread = []
+    for _truth, patient in sample_patients(sample_run):
+        table = pd.read_csv(patient / "strategies" / "strategies.tsv", sep="\t")
+        doc = json.loads((patient / "strategies" / "strategies.json").read_text())
+        rows = _equal_rows(table)
+        if not table.feasible.any():  # the base 66 Gy breaks a constraint: no escalation, nothing to compare
+            assert rows.empty and table.eqtox_status.str.startswith("no common level").all() and table.eqtox_tcp.isna().all()
+            assert doc["equal_toxicity"]["level"] is None
+            continue
+        assert len(rows) >= 2, (patient.name, table.eqtox_status.tolist())
+        assert set(rows.eqtox_measure) == {"mld_gy"} and doc["equal_toxicity"]["measure"] == "mld_gy"
+        level = doc["equal_toxicity"]["level"]
+        assert np.allclose(rows.eqtox_level, level, atol=EQUAL_TOLERANCE_GY)
+        assert np.all(np.abs(rows.eqtox_mld_gy - level) <= EQUAL_TOLERANCE_GY), (patient.name, rows.eqtox_mld_gy.tolist(), level)
+        assert level == pytest.approx(rows.mld_gy.min(), abs=EQUAL_TOLERANCE_GY)
+        for name in rows.strategy:
+            point = doc["strategies"][name]["equal_toxicity"]
+            assert abs(point["value"] - level) <= 1e-6, (patient.name, name, point["value"], level)
+            assert point["boost_increment_gy"] <= point["own_boost_increment_gy"] + 1e-9
+        assert (rows.strategy == doc["equal_toxicity"]["set_by"]).sum() == 1
+        assert table.loc[table.strategy == "uniform_66", "eqtox_status"].iloc[0].startswith("reference")
+        spread.append(float(rows.mld_gy.max() - rows.mld_gy.min()))
+    assert spread and max(spread) > 50 * EQUAL_TOLERANCE_GY, spread
+
+
+def test_every_strategy_keeps_every_constraint_at_equal_toxicity(sample_run: Path) -> None:
+    """At the equal-toxicity point each strategy's delivered dose (dose/{strategy}_equal_toxicity.nii.gz)
+    keeps every protocol constraint by the plain voxel-centre DVH of this file (2 % tolerance, as at
+    the isotoxic limit: voxel centres vs the search's sub-voxels), the search's own values in
+    strategies.json are within the limits (1e-9), and the top dose is not above the strategy's
+    own (so within its ceiling)."""
+    protocol = load_protocol(PET_BOOST)
+    checked = 0
+    for _truth, patient in sample_patients(sample_run):
+        table = pd.read_csv(patient / "strategies" / "strategies.tsv", sep="\t")
+        doc = json.loads((patient / "strategies" / "strategies.json").read_text())
+        ct = read_image(patient / "ingest" / "planning_ct.nii.gz")
+        voxel_cc = float(np.prod(ct.GetSpacing())) / 1000.0
+        for row in _equal_rows(table).itertuples():
+            point = doc["strategies"][row.strategy]["equal_toxicity"]
+            assert bool(row.eqtox_constraints_met) and not point["violated"]
+            for c in protocol["constraints"]:
+                assert point["constraints"][c["id"]] <= c["limit"] + 1e-9, (patient.name, row.strategy, c["id"])
+            assert row.eqtox_top_dose_gy <= row.top_dose_gy + 1e-6
+            dose = array(resample_to(read_image(patient / "strategies" / "dose" / f"{row.strategy}{EQUAL_TOXICITY_SUFFIX}.nii.gz"), ct)).astype(float)
+            for c in protocol["constraints"]:
+                mask = array(read_image(patient / "segment" / "masks" / f"{c['structure']}.nii.gz")).astype(bool)
+                value = _voxel_dvh_value(dose, mask, voxel_cc, c, int(row.fractions))
+                assert value <= c["limit"] * 1.02, (patient.name, row.strategy, c["id"], value)
+            checked += 1
+    assert checked >= 4, checked  # the sample run: one patient with 6 escalated strategies, one whose 66 Gy is not feasible
+
+
+def test_tcp_at_equal_toxicity_is_monotone_in_the_scale(sample_run: Path) -> None:
+    """Along each strategy's component scale (0, 1/4, 1/2, 3/4 of its own increment, the equal-toxicity
+    increment and its own; strategies.json 'scan'), the TCP and the MLD never decrease, and the
+    equal-toxicity TCP is the scan's TCP at the equal-toxicity increment (the same dose). Nearest wrong
+    answer: a TCP computed on a different dose than the point reported (mismatch) or a sign error."""
+    for _truth, patient in sample_patients(sample_run):
+        table = pd.read_csv(patient / "strategies" / "strategies.tsv", sep="\t")
+        doc = json.loads((patient / "strategies" / "strategies.json").read_text())
+        for row in _equal_rows(table).itertuples():
+            point = doc["strategies"][row.strategy]["equal_toxicity"]
+            scan = point["scan"]
+            increments, values, mld = (np.array(scan[k], float) for k in ("boost_increment_gy", "tcp", "mld_gy"))
+            assert np.all(np.diff(increments) > 0) and len(increments) >= 3
+            assert np.all(np.diff(values) >= -1e-12), (patient.name, row.strategy, values)
+            assert np.all(np.diff(mld) >= -1e-12), (patient.name, row.strategy, mld)
+            at = int(np.argmin(np.abs(increments - point["boost_increment_gy"])))
+            assert abs(increments[at] - point["boost_increment_gy"]) < 1e-9
+            assert values[at] == pytest.approx(row.eqtox_tcp, abs=1e-4)
+
+
+def test_strategies_command_maps_a_missing_plan_stage_to_exit_code_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`isotox strategies` calls the rule's library function: a patient without plan/ exits with code 2
+    and one line naming the patient, plan.json and the command to run first (not a traceback)."""
+    from isotox.cli import main
+
+    code = main(["strategies", str(tmp_path / "P007"), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and "isotox strategies: error: patient P007" in err and "plan.json" in err and "isotox plan" in err
+    assert not (tmp_path / "out").exists()

@@ -232,7 +232,7 @@ def test_cohort_table_has_the_boost_reached_per_arm_and_what_stopped_it(tmp_path
     oesophagus 0.8 of the increment, so EQD2 76 Gy binds at 79.5 Gy; arm B's gives 0.3 and reaches
     the 86.4 Gy ceiling."""
     from isotox.outcomes.patients import cohort_patient_table
-    from isotox.planning.stage import _json_ready
+    from isotox.planning.stage import json_ready
     from isotox.planning.summary import add_boost_columns
 
     protocol = load_protocol("pet_boost")
@@ -242,7 +242,7 @@ def test_cohort_table_has_the_boost_reached_per_arm_and_what_stopped_it(tmp_path
     for pid, p in plans.items():
         (tmp_path / pid / "plan").mkdir(parents=True)
         doc = {"patient_id": pid, "prescription": p.result, "boost_total_gy": p.result.get("boost_total_gy")}
-        (tmp_path / pid / "plan" / "plan.json").write_text(json.dumps(_json_ready(doc)))
+        (tmp_path / pid / "plan" / "plan.json").write_text(json.dumps(json_ready(doc)))
     dirs = [tmp_path / "P1", tmp_path / "P2"]
     table = add_boost_columns(cohort_patient_table(dirs), dirs).set_index("patient_id")
     p1, p2 = table.loc["P1"], table.loc["P2"]

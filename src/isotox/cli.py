@@ -162,6 +162,24 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_strategies(args: argparse.Namespace) -> int:
+    from isotox.painting.stage import StepTimes, strategies_patient
+    from isotox.planning.settings import PlanningSettings
+    from isotox.resources import PAINTING, default_file
+
+    config = _load_config(args.config)
+    settings = PlanningSettings.from_config(config.get("planning"))  # the plan stage's settings: the same dose grid and beams
+    protocol = _protocol_path(args.protocol, config, bool(args.config))
+    painting = args.painting or (config.get("painting") if args.config and config.get("painting") else str(default_file(PAINTING)))
+    timer = StepTimes()
+    table = strategies_patient(args.patient_dir, protocol, painting, settings=settings, patient_id=args.patient_id, out_dir=args.out, timer=timer)
+    keys = ["strategy", "feasible", "limiting_constraint", "tcp", "q_factor", "mld_gy", "eqtox_status", "eqtox_level", "eqtox_tcp", "eqtox_tcp_gain"]
+    rows = json.loads(table[[k for k in keys if k in table]].to_json(orient="records"))  # NaN -> null
+    print(json.dumps({"patient_id": str(table["patient_id"].iloc[0]), "out": str(args.out), "strategies": rows, "seconds": timer.summary()},
+                     indent=2, default=float))
+    return 0
+
+
 def _cmd_dvh(args: argparse.Namespace) -> int:
     from isotox.dose.rt_dvh import rt_dvh_table
 
@@ -273,6 +291,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dose-source", choices=["auto", "engine", "tps"], help="override planning.dose_source")
     p.add_argument("--patient-id", help="patient id for messages (default: the name of PATIENT_DIR)")
     p.set_defaults(func=_cmd_plan)
+
+    p = sub.add_parser("strategies", help="dose painting: every strategy at its isotoxic limit and at equal toxicity; writes OUT (issue 19)")
+    p.add_argument("patient_dir", help="the patient's results folder, with ingest/, register/, segment/ and plan/ (a boost protocol's unit plans)")
+    p.add_argument("--out", required=True, help="output folder (written atomically; the workflow uses PATIENT_DIR/strategies)")
+    p.add_argument("--protocol", help="protocol YAML with a 'boost' section, or a shipped protocol name; default: the config's, else pet_boost")
+    p.add_argument("--painting", help="dose-painting strategies and TCP model YAML (default: the config's 'painting', else the shipped one)")
+    p.add_argument("--config", help="config whose 'planning' section the plan stage used (default: the shipped defaults)")
+    p.add_argument("--patient-id", help="patient id for messages (default: the name of PATIENT_DIR)")
+    p.set_defaults(func=_cmd_strategies)
 
     p = sub.add_parser("validate", help="validate a config, cohort sheet, protocol or ROI-name file against its schema")
     p.add_argument("kind", choices=["config", "cohort", "protocol", "roi_names"])

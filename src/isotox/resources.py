@@ -22,6 +22,7 @@ PACKAGE_DATA = "_defaults"
 ROI_NAMES = "roi_names.yaml"
 BEAM_DATA = "beams/generic_6mv.yaml"
 CONFIG = "config.yaml"
+PAINTING = "painting.yaml"
 PROTOCOLS = "protocols"
 SCHEMAS = "schemas"
 

@@ -1,6 +1,7 @@
 # Dose painting and biologically guided escalation (issue 19): per patient, every strategy of
-# config/painting.yaml next to the trial arms, each at the protocol's isotoxic limit; then the
-# cohort table and the TCP-gain figure.
+# config/painting.yaml next to the trial arms, each at the protocol's isotoxic limit and all at the
+# patient's common toxicity level (equal mean lung dose); then the cohort table and the TCP-gain
+# figure. The rule script calls the function `isotox strategies` calls.
 # results/patients/{pid}/{ingest,register,segment,plan} -> results/patients/{pid}/strategies.
 
 STRATEGIES = f"{RESULTS}/cohort/strategies"

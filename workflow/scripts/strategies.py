@@ -1,4 +1,5 @@
-"""Rule strategies: dose-painting strategies for one patient (isotox.painting.stage.strategies_patient)."""
+"""Rule strategies: dose-painting strategies for one patient (isotox.painting.stage.strategies_patient,
+the function `isotox strategies` calls too)."""
 
 from pathlib import Path
 
@@ -15,4 +16,5 @@ strategies_patient(
     snakemake.input.painting,  # noqa: F821
     settings=settings,
     patient_id=snakemake.wildcards.pid,  # noqa: F821
+    out_dir=snakemake.output.stage,  # noqa: F821
 )

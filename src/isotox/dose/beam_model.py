@@ -40,6 +40,13 @@ FloatArray = NDArray[np.float64]
 PENUMBRA_80_20_PER_SIGMA = 1.6832
 
 
+def _real(values: Any) -> NDArray[np.floating]:
+    """``values`` as a floating array: float32 arrays stay float32 (the engine evaluates the model on
+    millions of fan voxels in float32), anything else becomes float64."""
+    array = np.asarray(values)
+    return array if array.dtype in (np.float32, np.float64) else array.astype(float)
+
+
 @dataclass(frozen=True)
 class BeamData:
     """What the user supplies for a beam (``config/beams/*.yaml``): reference data and lateral terms."""
@@ -83,14 +90,14 @@ class BeamModel:
     residual_pdd_percent: float = 0.0  # worst |fit - data| of the commissioning PDD points
 
     def primary(self, depth_cm: FloatArray) -> FloatArray:
-        d = np.maximum(np.asarray(depth_cm, dtype=float), 0.0)
-        dm = self.data.d_max_cm
-        return np.exp(-self.mu_per_cm * (d - dm)) * (1.0 - np.exp(-self.beta_per_cm * d)) / (1.0 - np.exp(-self.beta_per_cm * dm))
+        d = np.maximum(_real(depth_cm), 0.0)
+        dm, mu, beta = float(self.data.d_max_cm), float(self.mu_per_cm), float(self.beta_per_cm)  # Python floats keep float32 float32
+        return np.exp(-mu * (d - dm)) * (1.0 - np.exp(-beta * d)) / (1.0 - float(np.exp(-beta * dm)))
 
     def scatter(self, depth_cm: FloatArray, field_cm: FloatArray) -> FloatArray:
-        d = np.maximum(np.asarray(depth_cm, dtype=float), 0.0)
-        s = np.maximum(np.asarray(field_cm, dtype=float), 0.0)
-        return self.scatter_amplitude * (1.0 - np.exp(-s / self.scatter_saturation_cm)) * (1.0 - np.exp(-d / self.scatter_buildup_cm))
+        d = np.maximum(_real(depth_cm), 0.0)
+        s = np.maximum(_real(field_cm), 0.0)
+        return float(self.scatter_amplitude) * (1.0 - np.exp(-s / float(self.scatter_saturation_cm))) * (1.0 - np.exp(-d / float(self.scatter_buildup_cm)))
 
     def depth_dose(self, depth_cm: FloatArray, field_cm: FloatArray) -> FloatArray:
         """Dose per unit fluence at radiological depth d for the equivalent square s at that depth,
@@ -108,10 +115,19 @@ class BeamModel:
 
     def core_sigma_mm(self, depth_cm: FloatArray, density: FloatArray | float = 1.0) -> FloatArray:
         """Lateral core sigma at depth; ``density`` (relative electron density) widens it in lung."""
-        rho = np.clip(np.asarray(density, dtype=float), 0.05, None)
         b = self.data
-        electron = b.sigma_electron_mm**2 * np.maximum(1.0 / rho**2 - 1.0, 0.0)
-        return np.sqrt(b.sigma0_mm**2 + (b.sigma_depth_mm_per_cm * np.asarray(depth_cm, dtype=float)) ** 2 + electron)
+        # sigma0^2 + (k d)^2 + sigma_e^2 max(1 / rho^2 - 1, 0), in place: the engine calls it on millions of fan voxels
+        electron = np.asarray(np.clip(_real(density), 0.05, None))
+        np.square(electron, out=electron)
+        np.divide(1.0, electron, out=electron)
+        electron -= 1.0
+        np.maximum(electron, 0.0, out=electron)
+        electron *= b.sigma_electron_mm**2
+        variance = np.asarray(b.sigma_depth_mm_per_cm * _real(depth_cm))
+        np.square(variance, out=variance)
+        variance += b.sigma0_mm**2
+        variance = np.asarray(variance + electron)  # broadcast shapes of depth and density
+        return np.sqrt(variance, out=variance)[()]  # a scalar for scalar arguments, as before
 
     def summary(self) -> dict[str, Any]:
         return {"beam": self.data.name, "mu_per_cm": self.mu_per_cm, "beta_per_cm": self.beta_per_cm, "scatter_amplitude": self.scatter_amplitude,

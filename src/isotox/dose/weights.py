@@ -64,13 +64,85 @@ def _percentile_dose(dose: FloatArray, volume_percent: float) -> float:
     return float(np.percentile(dose, 100.0 - volume_percent)) if dose.size else float("nan")
 
 
-def _nnls_from_normal_equations(gram: FloatArray, rhs: FloatArray, maxiter: int) -> FloatArray:
+def _nnls_from_normal_equations(gram: FloatArray, rhs: FloatArray, maxiter: int, zero_guess: NDArray[np.bool_] | None = None) -> FloatArray:
     """argmin_{w >= 0} |A w - b| given A^T A and A^T b: NNLS on the square system R w ~ R^-T A^T b
-    with A^T A = R^T R (Cholesky), which has the same minimiser as the tall one."""
+    with A^T A = R^T R (Cholesky), which has the same minimiser as the tall one.
+
+    ``zero_guess``: the weights expected at 0 (the previous pass's): the active-set iteration starts
+    there (``_warm_nnls``) instead of from all-zero, else (or if it fails) scipy's Lawson-Hanson."""
     ridge = 1e-10 * float(np.trace(gram)) / len(gram)  # columns that reach no row (a beamlet outside every row) stay solvable
     r = np.linalg.cholesky(gram + ridge * np.eye(len(gram))).T
-    weights, _ = nnls(r, solve_triangular(r, rhs, trans="T"), maxiter=maxiter)
+    c = solve_triangular(r, rhs, trans="T")
+    if zero_guess is not None:
+        weights = _warm_nnls(r, c, zero_guess, maxiter)
+        if weights is not None:
+            return weights
+    weights, _ = nnls(r, c, maxiter=maxiter)
     return weights
+
+
+def _warm_nnls(r: FloatArray, c: FloatArray, zero_guess: NDArray[np.bool_], maxiter: int) -> FloatArray | None:
+    """argmin_{w >= 0} |R w - c| for an upper-triangular (invertible) R by Lawson and Hanson's
+    active-set method, started from a guessed zero set; None if it has not converged in ``maxiter`` steps.
+
+    Why: scipy's NNLS starts with every weight at 0 and frees one per step: ~n steps of O(n^2) for a
+    plan whose weights are nearly all positive. The re-weighting passes of ``solve_weights`` move
+    only a few weights across 0, so starting from the previous pass's zero set takes a few steps.
+    The minimiser is unique (R is invertible: the problem is strictly convex), so this returns
+    scipy's solution to rounding. A step solves the least-squares problem with the zero set Z held
+    at 0 through the full factor: w = R^-1 (c - Y l), Y = R^-T E_Z, l = argmin |Y l - c|."""
+    n = len(c)
+    zero = np.asarray(zero_guess, bool).copy()
+    columns: dict[int, FloatArray] = {}
+
+    def solve(z: NDArray[np.bool_]) -> FloatArray:
+        index = np.flatnonzero(z)
+        missing = [j for j in index if j not in columns]
+        if missing:
+            unit = np.zeros((n, len(missing)))
+            unit[missing, np.arange(len(missing))] = 1.0
+            for j, column in zip(missing, solve_triangular(r, unit, trans="T").T):
+                columns[j] = column
+        if index.size:
+            y = np.stack([columns[j] for j in index], axis=1)
+            w = solve_triangular(r, c - y @ np.linalg.lstsq(y, c, rcond=None)[0])
+        else:
+            w = solve_triangular(r, c)
+        w[index] = 0.0
+        return w
+
+    x = solve(zero)
+    for _ in range(n):  # a feasible start: drop the guessed-positive weights that come out negative
+        negative = ~zero & (x < 0.0)
+        if not negative.any():
+            break
+        zero |= negative
+        x = solve(zero)
+    scale = float(np.abs(r.T @ c).max()) or 1.0
+    tolerance = 10.0 * n * np.finfo(float).eps * scale
+    steps = 0
+    while steps < maxiter:
+        gradient = r.T @ (c - r @ x)  # minus the gradient of |R w - c|^2 / 2
+        candidates = zero & (gradient > tolerance)
+        if not candidates.any():
+            return np.maximum(x, 0.0)
+        zero[int(np.argmax(np.where(candidates, gradient, -np.inf)))] = False
+        while True:
+            steps += 1
+            if steps > maxiter:
+                return None
+            w = solve(zero)
+            bad = ~zero & (w <= 0.0)
+            if not bad.any():
+                x = w
+                break
+            alpha = float(np.min(x[bad] / (x[bad] - w[bad])))
+            x = x + alpha * (w - x)
+            leaving = ~zero & (x <= 0.0)
+            leaving[np.flatnonzero(bad)[np.argmin(x[bad] / (x[bad] - w[bad]))]] = True  # at least the blocking one
+            zero |= leaving
+            x[zero] = 0.0
+    return None
 
 
 def solve_weights(target: FloatArray, organs: FloatArray | None = None, organ_weight: float = 0.3, passes: int = 20,
@@ -93,8 +165,10 @@ def solve_weights(target: FloatArray, organs: FloatArray | None = None, organ_we
     # only by the rows whose weight changed: a pass re-weights the cold and hot rows, often a small
     # share, and forming the full product each pass (n_t x n_b^2) was the solver's largest cost
     gram, rhs = target.T @ target, target.sum(axis=0)
+    zero_guess = None
     for used in range(1, passes + 1):
-        weights = _nnls_from_normal_equations(gram + fixed, rhs, maxiter=50 * n_b)
+        weights = _nnls_from_normal_equations(gram + fixed, rhs, maxiter=50 * n_b, zero_guess=zero_guess)
+        zero_guess = weights <= 0.0  # the next pass starts from this pass's zero set
         dose = target @ weights
         if not np.any(dose > 0):
             break

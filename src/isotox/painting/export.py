@@ -23,7 +23,7 @@ from isotox.dicomio.rtstruct_writer import ReferencedImages, RoiContours, write_
 from isotox.dicomio.uids import stable_uid
 from isotox.dicomio.volume import to_image
 from isotox.geometry import ImageGrid
-from isotox.planning.export import ExportError, _who
+from isotox.planning.export import ExportError, patient_study
 
 #: colours of the nested levels, low to high
 _LEVEL_COLOURS = [(0, 0, 255), (0, 160, 255), (0, 220, 120), (255, 200, 0), (255, 100, 0), (255, 0, 0)]
@@ -39,7 +39,7 @@ def export_map(folder: Path, reference: dict[str, Any] | None, ct_grid: ImageGri
     summation PLAN) and ``RS_levels.dcm`` (one ROI per nested level) into ``folder``."""
     if not reference or not reference.get("slice_sop_uids") or len(reference["slice_sop_uids"]) != ct_grid.size[2]:
         raise ExportError("no planning-CT DICOM identity with one SOP instance per slice (see the plan stage's export)")
-    who = _who(reference)
+    who = patient_study(reference)
     today = date.today().strftime("%Y%m%d")
     frame = reference["frame_of_reference_uid"]
     folder.mkdir(parents=True, exist_ok=True)

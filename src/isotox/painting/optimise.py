@@ -35,7 +35,7 @@ from isotox.dose.beams import Aperture, BeamGeometry
 from isotox.dose import photon_engine
 from isotox.dose.photon_engine import DensityVolume, beamlet_doses_at
 from isotox.images import array, resample_to
-from isotox.planning.unit_plans import PlanningContext, _organ_row_mask, _smoothing_rows, _voxel_centres, _with_fluence, beam_geometry, mask_on_grid
+from isotox.planning.unit_plans import PlanningContext, beam_geometry, mask_on_grid, organ_row_mask, smoothing_rows, voxel_centres, with_fluence
 
 log = logging.getLogger(__name__)
 #: organ-at-risk rows of the map problem (seeded subset): the beamlet matrix at them is most of the setup time
@@ -64,10 +64,10 @@ def beam_doses_for_fluences(model: BeamModel, density: DensityVolume, beam: Beam
     painted strategy shares the GTV apertures. Same steps as ``photon_engine.beam_dose_at``
     (its fan trace and fan dose, called once per trace instead of once per fluence);
     ``tests/test_painting.py`` checks the two agree."""
-    fan = photon_engine._trace_fan(model, density, beam, aperture, points_mm, step_mm) if len(points_mm) else None
+    fan = photon_engine.trace_fan(model, density, beam, aperture, points_mm, step_mm)
     if fan is None:
         return [np.zeros(len(points_mm), np.float32) for _ in fluences]
-    return [ndimage.map_coordinates(photon_engine._fan_dose(model, fan, np.where(aperture.mask, f, 0.0).astype(np.float32), aperture.pixel_mm),
+    return [ndimage.map_coordinates(photon_engine.fan_dose(model, fan, np.where(aperture.mask, f, 0.0).astype(np.float32), aperture.pixel_mm),
                                     fan.point_coords, order=1, mode="constant", cval=0.0).astype(np.float32) for f in fluences]
 
 
@@ -105,7 +105,7 @@ class MapPlanner:
         if not target_rows.any():
             raise ValueError("the GTV has no voxel inside the body on the dose grid")
         spill_rows = mask_on_grid(ptv, context.ct_grid, context.dose_grid) & context.calc_mask & ~target_rows
-        organ_rows = _organ_row_mask(context) & ~target_rows & ~spill_rows
+        organ_rows = organ_row_mask(context) & ~target_rows & ~spill_rows
         organ_idx = np.flatnonzero(organ_rows)
         if organ_idx.size > MAX_ORGAN_ROWS:  # a GTV-sized field reaches few organ voxels: fewer rows steer it as well
             organ_rows = np.zeros_like(organ_rows)
@@ -118,7 +118,7 @@ class MapPlanner:
                 union |= m
             dose_voxels = ndimage.binary_dilation(mask_on_grid(union, context.ct_grid, context.dose_grid), iterations=1) & context.calc_mask
         rows = [target_rows, spill_rows, organ_rows]
-        row_points = np.vstack([_voxel_centres(r, context.dose_grid) for r in rows])
+        row_points = np.vstack([voxel_centres(r, context.dose_grid) for r in rows])
         matrices, labels, offsets = [], [], []
         for beam, aperture in geometry:
             matrix, lab = beamlet_doses_at(context.model, context.density, beam, aperture, row_points, beamlet_mm, s.ray_step_mm)
@@ -129,7 +129,7 @@ class MapPlanner:
         n_t, n_s = int(target_rows.sum()), int(spill_rows.sum())
         target, spill, organs = full[:n_t], full[n_t:n_t + n_s], full[n_t + n_s:]
         typical = float(target.sum(axis=1).mean()) / len(geometry)
-        regulariser = _smoothing_rows(labels, offsets, full.shape[1], s.fluence_smoothing * typical)
+        regulariser = smoothing_rows(labels, offsets, full.shape[1], s.fluence_smoothing * typical)
         spill_scale = spill_weight * np.sqrt(n_t / max(n_s, 1))
         organ_scale = organ_weight * np.sqrt(n_t / max(len(organs), 1))
         gram = target.T @ target + spill_scale**2 * (spill.T @ spill) + organ_scale**2 * (organs.T @ organs) + n_t * (regulariser.T @ regulariser)
@@ -175,7 +175,7 @@ class MapPlanner:
             # the fan dose differs from the matrix by ~1-2 % at field edges: rescale to the map in least squares
             scale = float(delivered @ phi / (delivered @ delivered)) if np.any(delivered > 0) else 0.0
             fit = float(np.sqrt(np.mean((scale * delivered - phi) ** 2)))
-            apertures = [_with_fluence(a, f * scale) for (_, a), f in zip(self.geometry, fluences[n])]
+            apertures = [with_fluence(a, f * scale) for (_, a), f in zip(self.geometry, fluences[n])]
             out[n] = PaintedPlan(n, (doses[n] * scale).astype(np.float32), fit, scale, time.perf_counter() - start, apertures)
             log.info("%s: painted component fitted (rms %.3f of the painted range)", n, fit)
         log.info("%d painted components in %.1f s", len(active), time.perf_counter() - start)

@@ -1,5 +1,5 @@
 """Figures of the strategies stage: a patient's dose maps side by side with the QVH, and the
-cohort's TCP gain per strategy at the isotoxic limit."""
+cohort's TCP gain per strategy at the isotoxic limit and at equal toxicity."""
 
 from __future__ import annotations
 
@@ -50,18 +50,25 @@ def strategy_figure(ct_hu: NDArray[np.floating], doses_gy: dict[str, NDArray[np.
 
 
 def cohort_gain_figure(table: pd.DataFrame, path: str | Path, reference: str = "uniform_66") -> None:
-    """TCP gain over ``reference`` per strategy (one point per patient, median bar)."""
-    gains = table.pivot(index="patient_id", columns="strategy", values="tcp")
-    gains = gains.sub(gains[reference], axis=0).drop(columns=[reference])
-    fig, ax = plt.subplots(figsize=(1.4 * max(len(gains.columns), 3) + 1, 3.6))
-    for x, name in enumerate(gains.columns):
-        values = gains[name].dropna().to_numpy()
-        ax.scatter(np.full(values.size, x) + np.linspace(-0.1, 0.1, values.size), 100 * values, s=12)
-        if values.size:
-            ax.hlines(100 * np.median(values), x - 0.3, x + 0.3, color="k")
-    ax.axhline(0, color="grey", lw=0.5)
-    ax.set_xticks(range(len(gains.columns)), gains.columns, rotation=30, ha="right")
-    ax.set_ylabel(f"TCP - TCP({reference}) (percentage points)")
-    ax.set_title("TCP gain per strategy at the isotoxic limit")
+    """TCP gain over ``reference`` per strategy (one point per patient, median bar): at each
+    strategy's isotoxic/ceiling limit (left) and at the patient's common toxicity level (right)."""
+    panels = [("tcp", "at the isotoxic / ceiling limit")]
+    if "eqtox_tcp_gain" in table and table["eqtox_tcp_gain"].notna().any():
+        measure = ", ".join(map(str, table["eqtox_measure"].dropna().unique()))
+        panels.append(("eqtox_tcp_gain", f"at equal toxicity ({measure})"))
+    strategies = [s for s in dict.fromkeys(table["strategy"]) if s != reference]
+    fig, axes = plt.subplots(1, len(panels), figsize=(len(panels) * (1.4 * max(len(strategies), 3) + 1), 3.6), sharey=True, squeeze=False)
+    for ax, (column, title) in zip(axes[0], panels):
+        values = table.pivot(index="patient_id", columns="strategy", values=column).apply(pd.to_numeric, errors="coerce")
+        gains = values.sub(values[reference], axis=0) if column == "tcp" else values
+        for x, name in enumerate(strategies):
+            v = gains[name].dropna().to_numpy() if name in gains else np.zeros(0)
+            ax.scatter(np.full(v.size, x) + np.linspace(-0.1, 0.1, v.size), 100 * v, s=12)
+            if v.size:
+                ax.hlines(100 * np.median(v), x - 0.3, x + 0.3, color="k")
+        ax.axhline(0, color="grey", lw=0.5)
+        ax.set_xticks(range(len(strategies)), strategies, rotation=30, ha="right")
+        ax.set_title(f"TCP gain {title}", fontsize=9)
+    axes[0][0].set_ylabel(f"TCP - TCP({reference}) (percentage points)")
     fig.savefig(path, dpi=110, bbox_inches="tight", format="png")
     plt.close(fig)

@@ -83,13 +83,16 @@ class PaintingSettings:
     organ_weight: float = 0.3
     spill_weight: float = 0.5
     sources: dict[str, str] = field(default_factory=dict)
+    equal_toxicity_measure: str = "mld_gy"  # the toxicity measure the strategies are compared at (isotox.painting.equal_toxicity)
 
     @classmethod
     def load(cls, path: str | Path) -> "PaintingSettings":
         doc = load_validated_yaml(path, "painting")
         planning = doc.get("planning", {})
+        equal = doc.get("equal_toxicity", {})
         return cls(tuple(Strategy.from_doc(n, s) for n, s in doc["strategies"].items()), TcpParameters.from_doc(doc["tcp"]),
                    doc.get("hx4_session", "4h"), float(doc.get("escalation_step_gy", 0.5)), float(planning.get("beamlet_mm", 5.0)),
                    float(planning.get("organ_weight", 0.3)), float(planning.get("spill_weight", 0.5)),
                    {"painting": doc.get("source", ""), "tcp": doc["tcp"]["source"], "oer": doc["tcp"]["oer"]["source"],
-                    "tbr_to_po2": doc["tcp"]["tbr_to_po2"]["source"]})
+                    "tbr_to_po2": doc["tcp"]["tbr_to_po2"]["source"], "equal_toxicity": equal.get("source", "")},
+                   equal.get("measure", "mld_gy"))

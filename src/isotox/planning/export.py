@@ -37,7 +37,11 @@ class ExportError(ValueError):
     """The plan cannot be exported (the message says why and what to do)."""
 
 
-def _who(reference: dict[str, Any]) -> PatientStudy:
+def patient_study(reference: dict[str, Any]) -> PatientStudy:
+    """The patient and study identity of the planning CT as ingestion recorded it
+    (``metadata.json``'s ``planning_ct_dicom``), for the DICOM objects written against that CT:
+    every export (the prescribed plan here, the painted plans in ``isotox.painting.export``) must
+    name the same patient and study as the CT the TPS has."""
     return PatientStudy(reference["patient_id"], reference["patient_name"], reference["birth_date"], reference["sex"], reference["study_uid"],
                         reference["study_date"], reference["study_time"], reference.get("study_id") or "1", reference.get("accession", ""))
 
@@ -54,7 +58,7 @@ def export_plan(folder: Path, reference: dict[str, Any] | None, ct_grid: ImageGr
                           "export the structures from the TPS, or re-acquire/re-export the CT on a regular grid")
     if len(reference["slice_sop_uids"]) != ct_grid.size[2]:
         raise ExportError(f"the planning CT has {ct_grid.size[2]} slices but {len(reference['slice_sop_uids'])} recorded SOP instances")
-    who = _who(reference)
+    who = patient_study(reference)
     # The series date is the planning study's, not the day of the run: a rerun must write the same bytes
     # (the time is fixed for the same reason); when the plan was computed is in the plan's log.
     series_date = who.study_date

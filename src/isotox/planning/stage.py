@@ -253,18 +253,20 @@ def plan_patient(patient_dir: str | Path, protocol_path: str | Path, *, arm: str
             pd.DataFrame(columns=["structure", "dose_gy", "volume_cc", "volume_percent"]).to_csv(out / "dvh_curves.tsv", sep="\t", index=False)
             doc["export"] = {"error": "no prescription (" + ("not prescribable" if result.get("not_prescribable") else
                              "awaiting randomisation" if result.get("awaiting_randomisation") else "infeasible") + "): nothing to export"}
-        (out / "plan.json").write_text(json.dumps(_json_ready(doc), indent=2) + "\n", encoding="utf-8")
+        (out / "plan.json").write_text(json.dumps(json_ready(doc), indent=2) + "\n", encoding="utf-8")
     log.info("%s: %s, %s Gy / %s fx, boost %s, limiting %s (%.1f s)", patient, "feasible" if doc["feasible"] else "INFEASIBLE",
              doc["prescribed_dose_gy"], doc["fractions"], doc["boost_total_gy"], doc["limiting_constraints"], time.perf_counter() - started)
     return doc
 
 
-def _json_ready(value: Any) -> Any:
-    """numpy scalars to Python, NaN/inf to null (JSON has no NaN), recursively."""
+def json_ready(value: Any) -> Any:
+    """numpy scalars to Python, NaN/inf to null (JSON has no NaN), recursively. Public because every
+    stage document written like plan.json (the painted plans' strategies.json too) must encode
+    numbers the same way."""
     if isinstance(value, dict):
-        return {str(k): _json_ready(v) for k, v in value.items()}
+        return {str(k): json_ready(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_ready(v) for v in value]
+        return [json_ready(v) for v in value]
     if isinstance(value, (np.floating, np.integer, np.bool_)):
         value = value.item()
     if isinstance(value, float) and not np.isfinite(value):

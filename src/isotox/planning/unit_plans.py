@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 from numpy.typing import NDArray
+from threadpoolctl import threadpool_limits
 
 from isotox.dose.beam_model import BeamModel
 from isotox.dose.beams import Aperture, BeamGeometry, conformal_aperture
@@ -125,7 +126,7 @@ class PlanningContext:
     @cached_property
     def calc_points(self) -> NDArray[np.float64]:
         """Centres of the calc_mask voxels (LPS), once for every beam of every unit plan."""
-        return _voxel_centres(self.calc_mask, self.dose_grid)
+        return voxel_centres(self.calc_mask, self.dose_grid)
 
     @classmethod
     def build(cls, ct: sitk.Image, body: NDArray[np.bool_], organs: list[NDArray[np.bool_]], targets: list[NDArray[np.bool_]],
@@ -141,12 +142,17 @@ class PlanningContext:
         return cls(ct_grid, density_volume(ct, body, settings.hu_to_red), dose_grid, calc, model, settings, mask_on_grid(organ, ct_grid, dose_grid) & calc)
 
 
-def _voxel_centres(mask: NDArray[np.bool_], grid: ImageGrid) -> NDArray[np.float64]:
+def voxel_centres(mask: NDArray[np.bool_], grid: ImageGrid) -> NDArray[np.float64]:
+    """LPS centres (N, 3) of the voxels of ``mask`` on ``grid``, in C order (the order of
+    ``dose[mask]``): the points at which the engine evaluates a plan's rows, shared with the
+    painted plans (``isotox.painting.optimise``) so both read the same voxels."""
     return grid.index_to_physical(np.argwhere(mask)[:, ::-1].astype(float))
 
 
-def _organ_row_mask(context: PlanningContext) -> NDArray[np.bool_]:
-    """Organ voxels used as NNLS rows: all of them, or a seeded random subset of MAX_ORGAN_ROWS."""
+def organ_row_mask(context: PlanningContext) -> NDArray[np.bool_]:
+    """Organ voxels used as NNLS rows: all of them, or a seeded random subset of MAX_ORGAN_ROWS.
+    Public because the painted plans start from the same rows (then subsample them), so a painted
+    component and the unit plans it rides on weigh the same organ voxels."""
     organ_idx = np.flatnonzero(context.organ_rows)
     if organ_idx.size > MAX_ORGAN_ROWS:
         organ_idx = np.sort(np.random.default_rng(0).choice(organ_idx, MAX_ORGAN_ROWS, replace=False))
@@ -163,8 +169,10 @@ def _neighbour_pairs(labels: NDArray[np.int32]) -> NDArray[np.intp]:
     return np.unique(both, axis=0) if both.size else np.zeros((0, 2), np.intp)
 
 
-def _smoothing_rows(labels: list[NDArray[np.int32]], offsets: list[int], n_weights: int, strength: float) -> NDArray[np.float64]:
-    """Rows strength x (w_a - w_b) for neighbouring beamlets of the same beam."""
+def smoothing_rows(labels: list[NDArray[np.int32]], offsets: list[int], n_weights: int, strength: float) -> NDArray[np.float64]:
+    """Rows strength x (w_a - w_b) for neighbouring beamlets of the same beam: the fluence-smoothness
+    penalty of a beamlet plan (``labels``: each beam's beamlet labels, ``offsets``: its first weight).
+    Public so the painted plans penalise their fluence maps exactly as the unit plans do."""
     pairs = np.vstack([_neighbour_pairs(lab) + off for lab, off in zip(labels, offsets)])
     rows = np.zeros((len(pairs), n_weights))
     rows[np.arange(len(pairs)), pairs[:, 0]] = strength
@@ -180,11 +188,13 @@ def _beam_weight_plan(context: PlanningContext, geometry: list[tuple[BeamGeometr
                                         s.ray_step_mm, context.calc_points) for beam, aperture in geometry])
     result = optimise_weights(stack[:, target_rows].T.astype(float), stack[:, organ_rows].T.astype(float), s.organ_weight)
     per_beam = [(w * d).astype(np.float32) for w, d in zip(result.weights, stack)]
-    weighted = [_with_fluence(a, float(w) * a.mask) for (_, a), w in zip(geometry, result.weights)]
+    weighted = [with_fluence(a, float(w) * a.mask) for (_, a), w in zip(geometry, result.weights)]
     return np.sum(per_beam, axis=0).astype(np.float32), result, per_beam, weighted
 
 
-def _with_fluence(aperture: Aperture, fluence: NDArray[Any]) -> Aperture:
+def with_fluence(aperture: Aperture, fluence: NDArray[Any]) -> Aperture:
+    """The same field (mask, pixel grid) carrying ``fluence`` as its fluence map (float32): how an
+    optimised or rescaled fluence becomes a deliverable ``Aperture``, for unit and painted plans."""
     return Aperture(aperture.x0_mm, aperture.z0_mm, aperture.pixel_mm, aperture.mask, np.asarray(fluence, dtype=np.float32))
 
 
@@ -193,7 +203,7 @@ def _beamlet_plan(context: PlanningContext, geometry: list[tuple[BeamGeometry, A
     """A fluence map per beam: beamlet doses at the row voxels only, NNLS with a smoothness penalty,
     then each beam's dose on the whole grid from its optimised fluence map (one pass per beam)."""
     s = context.settings
-    points = np.vstack([_voxel_centres(target_rows, context.dose_grid), _voxel_centres(organ_rows, context.dose_grid)])
+    points = np.vstack([voxel_centres(target_rows, context.dose_grid), voxel_centres(organ_rows, context.dose_grid)])
     n_t = int(target_rows.sum())
     matrices, labels, offsets, fans = [], [], [], []
     for beam, aperture in geometry:
@@ -207,18 +217,18 @@ def _beamlet_plan(context: PlanningContext, geometry: list[tuple[BeamGeometry, A
     target, organs = full[:n_t], full[n_t:]
     # a weight difference dw changes the dose by about dw x (one beam's mean target dose at weight 1)
     typical = float(target.sum(axis=1).mean()) / len(geometry)
-    regulariser = _smoothing_rows(labels, offsets, full.shape[1], s.fluence_smoothing * typical)
+    regulariser = smoothing_rows(labels, offsets, full.shape[1], s.fluence_smoothing * typical)
     raw, used = solve_weights(target, organs, s.organ_weight, regulariser=regulariser)
     apertures, per_beam = [], []
     for (beam, aperture), lab, off, fan in zip(geometry, labels, offsets, fans):
-        modulated = _with_fluence(aperture, np.where(lab >= 0, raw[off + np.maximum(lab, 0)], 0.0))
+        modulated = with_fluence(aperture, np.where(lab >= 0, raw[off + np.maximum(lab, 0)], 0.0))
         apertures.append(modulated)
         per_beam.append(beam_dose_on_grid(context.model, context.density, beam, modulated, context.dose_grid, context.calc_mask, s.ray_step_mm,
                                           context.calc_points, fan))
     dose = np.sum(per_beam, axis=0)
     result = normalise(raw, dose[target_rows].astype(float), used)
     # the fluence maps are stored at the plan's normalisation, so they reproduce the unit dose
-    apertures = [_with_fluence(a, a.fluence_map() * result.scale) for a in apertures]
+    apertures = [with_fluence(a, a.fluence_map() * result.scale) for a in apertures]
     return (dose * result.scale).astype(np.float32), result, [(d * result.scale).astype(np.float32) for d in per_beam], apertures
 
 
@@ -245,11 +255,15 @@ def engine_plan(context: PlanningContext, name: str, target_name: str, target: N
     if not target_rows.any():
         raise ValueError(f"target {target_name} has no voxel inside the body on the dose grid")
     geometry = beam_geometry(context, target)
-    organ_rows = _organ_row_mask(context)
-    if s.weights == "beam":
-        dose, result, per_beam, apertures = _beam_weight_plan(context, geometry, target_rows, organ_rows)
-    else:
-        dose, result, per_beam, apertures = _beamlet_plan(context, geometry, target_rows, organ_rows)
+    organ_rows = organ_row_mask(context)
+    # one BLAS thread: the solver factorises a few hundred columns twenty times, where OpenBLAS's
+    # threads cost more than they save (on a loaded machine they spin: 4-20x the CPU time of a
+    # single-threaded Cholesky; measured in benchmarks/plan_patient.py), and the stage has one core
+    with threadpool_limits(limits=1, user_api="blas"):
+        if s.weights == "beam":
+            dose, result, per_beam, apertures = _beam_weight_plan(context, geometry, target_rows, organ_rows)
+        else:
+            dose, result, per_beam, apertures = _beamlet_plan(context, geometry, target_rows, organ_rows)
     target_mean = float(dose[target_rows].mean())
     beams = []
     for (beam, open_field), aperture, beam_dose in zip(geometry, apertures, per_beam):
