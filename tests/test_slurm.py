@@ -26,7 +26,7 @@ pytestmark = pytest.mark.workflow
 
 README_COMMAND = "snakemake --configfile my_config.yaml --profile workflow/profiles/slurm"
 NOT_RESULTS = ("logs", "benchmarks")  # wall-clock times and host names live here, by design
-GROUPED_RULES = sorted(["sample_patient", "ingest", "register", "segment", "perfusion"])
+PATIENT_RULES = ("sample_patient", "ingest", "register", "segment", "perfusion", "plan", "strategies")
 LOCAL_RULES = ("sample_cohort_tables", "cohort_table", "outcomes", "strategies_cohort", "provenance")
 
 
@@ -57,8 +57,9 @@ def test_sample_cohort_on_slurm_matches_the_local_run(sample_run: Path, cluster:
     `--cores 2` run and the SLURM run of the same config. The nearest wrong answer is a result that
     carries when or where it was made (a `seconds` field in plan.json, a timestamp, a host name): one
     such byte fails the test. Job accounting: each SLURM job is for one patient only (the issue's
-    `group-components: 4` would give one job for both), each patient has exactly one job for its
-    imaging stages and one for its plan, and no cohort-level local rule gets a SLURM job."""
+    `group-components: 4` would give one job for both), each patient has exactly one job, holding
+    all of its rules (sample, imaging stages, plan, strategies), and no cohort-level local rule gets
+    a SLURM job. Nearest wrong answer: two jobs per patient (the plan waiting for the cohort sheet)."""
     config = write_config(sample_run.parent / "slurm_config.yaml", results=str(sample_run),
                           sample={"patients": SAMPLE_PATIENTS, "seed": SAMPLE_SEED, "preset": "small"})
     local = sample_run.with_name(sample_run.name + ".local")
@@ -88,12 +89,7 @@ def test_sample_cohort_on_slurm_matches_the_local_run(sample_run: Path, cluster:
         assert int(job["cpus"]) <= os.cpu_count(), job
     for pid in patients:
         mine = [sorted(rule for rule, p in j["targets"] if p == pid) for j in jobs if any(p == pid for _, p in j["targets"])]
-        # the sample's plan reads the sample's cohort sheet (written once every sample patient exists),
-        # so the plan and the steps after it are a second group job; the stages before it are the first
-        imaging = [rules for rules in mine if "ingest" in rules]
-        planning = [rules for rules in mine if "plan" in rules]
-        assert len(mine) == 2 and imaging == [GROUPED_RULES], (pid, mine)
-        assert len(planning) == 1 and not set(planning[0]) & set(GROUPED_RULES), (pid, mine)
+        assert len(mine) == 1 and mine[0] == sorted(PATIENT_RULES), (pid, mine)
 
     local_files, slurm_files = _result_files(sample_run), _result_files(on_slurm)
     assert len(local_files) > 100

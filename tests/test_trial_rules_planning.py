@@ -19,8 +19,8 @@ import pytest
 from isotox.dose.dvh import StructureSamples
 from isotox.dose.search import pet_boost_search, search, candidates
 from isotox.planning.prescription import prescribe
-from isotox.sample.clinical import simulate_clinical
-from isotox.sample.patient import sample_allocation
+from isotox.planning.allocation import recorded_arm
+from isotox.sample.clinical import sample_allocation, simulate_clinical
 from isotox.settings import load_protocol
 from isotox.settings.protocol import boost_ceiling_gy
 
@@ -210,18 +210,49 @@ def test_recorded_arm_comes_from_the_cohort_sheet(tmp_path: Path) -> None:
 
 
 @pytest.mark.workflow
-def test_sample_plan_rule_reads_the_sample_cohort_sheet(tmp_path: Path) -> None:
-    """Old behaviour: the plan rule re-ran the generator's RNG (sample_allocation) instead of reading
-    results/sample/cohort.tsv, so planning one patient did not need the cohort sheet at all and the
-    plan could apply an arm the clinical table did not have. Now the sheet is an input of the plan."""
+def test_sample_plan_rule_reads_the_patients_own_enrolment_record(tmp_path: Path) -> None:
+    """The sample plan reads its patient's enrolment record (the row of the sample's cohort sheet,
+    written with the patient's DICOM). Nearest wrong answers: the plan re-running the generator's
+    RNG (no record as input: the plan and clinical.tsv could disagree), or the plan waiting for the
+    whole cohort's sheet (sample_cohort_tables in its DAG: every plan then waits for every patient,
+    and on a cluster each patient needs a second job)."""
     from tests.conftest import run_snakemake, write_config
 
     results = tmp_path / "r"
     config = write_config(tmp_path / "c.yaml", results=str(results), sample={"patients": 2, "seed": 20240101, "preset": "small"})
     proc = run_snakemake(f"{results}/patients/SAMPLE001/plan", "-n", "--quiet", "rules", "--configfile", str(config))
     table = proc.stdout[proc.stdout.index("Job stats:"):]
-    assert re.search(r"^sample_cohort_tables\s+1$", table, re.MULTILINE), table
-    assert re.search(r"^plan\s+1$", table, re.MULTILINE), table
+    assert re.search(r"^plan\s+1$", table, re.MULTILINE) and re.search(r"^sample_patient\s+1$", table, re.MULTILINE), table
+    assert "sample_cohort_tables" not in table, table
+    reason = run_snakemake(f"{results}/patients/SAMPLE001/plan", "-n", "--quiet", "reason", "--configfile", str(config)).stdout
+    assert f"{results}/sample/SAMPLE001" in reason.split("rule plan:")[1], reason
+
+
+def test_enrolment_records_are_the_cohort_sheet(tmp_path: Path) -> None:
+    """The sample's cohort sheet is its patients' enrolment records concatenated, and their arms are
+    the clinical table's (one allocation). Built from small fake truths, without generating images:
+    the enrolment file is written by the same function write_sample_patient calls."""
+    import pandas as pd
+
+    from isotox.sample.cohort import write_cohort_tables
+    from isotox.sample.patient import ENROLMENT_FILE, write_enrolment
+
+    truth_files = []
+    for i in range(1, 9):
+        folder = tmp_path / f"SAMPLE{i:03d}"
+        folder.mkdir()
+        truth = {"index": i, "patient_id": f"SAMPLE{i:03d}", "tumour": {"gtv_volume_cc": 6.0 + 9 * (i % 5), "hypoxic_fraction": 0.2},
+                 "histology": "squamous", "has_node": i % 3 == 0, "planning_date": "20250101", "sessions": {}}
+        (folder / "ground_truth.json").write_text(json.dumps(truth))
+        write_enrolment(folder / ENROLMENT_FILE, truth, 20240101, folder / "dicom")
+        truth_files.append(folder / "ground_truth.json")
+    paths = write_cohort_tables(tmp_path, truth_files[::-1], 20240101)
+    sheet = pd.read_csv(paths["cohort"], sep="\t", dtype=str, keep_default_na=False)
+    records = pd.concat([pd.read_csv(f.parent / ENROLMENT_FILE, sep="\t", dtype=str, keep_default_na=False) for f in truth_files], ignore_index=True)
+    pd.testing.assert_frame_equal(sheet, records)
+    clinical = pd.read_csv(paths["clinical"], sep="\t", dtype=str, keep_default_na=False)
+    assert list(clinical["arm"]) == list(sheet["arm"]) and set(sheet["arm"]) >= {"not_randomized"} and set(sheet["arm"]) & {"A", "B"}
+    assert [recorded_arm(f.parent / ENROLMENT_FILE, f.parent.name) for f in truth_files] == [a or None for a in sheet["arm"]]
 
 
 def test_cohort_table_has_the_boost_reached_per_arm_and_what_stopped_it(tmp_path: Path) -> None:

@@ -119,23 +119,28 @@ def _job_counts(text: str) -> dict[str, int]:
     return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.MULTILINE)}
 
 
-def test_keep_going_bad_patients_fail_alone_and_are_listed(tmp_path: Path) -> None:
-    """GOOD ingests; BAD (planning CT without PixelSpacing) and GONE (no DICOM folder) fail their
-    ingest with exit code 2 and a clear last log line, inputs untouched. The run ends failed, and the
-    cohort table is written anyway (patients.incomplete.tsv): every patient, the failed ones with
-    stage and first error line.
-    The next run's cohort table waits for GOOD only (dry run: no job of BAD or GONE in its DAG)."""
-    good = build_patient(tmp_path / "data" / "GOOD")
-    bad = copy_input(good, tmp_path / "data" / "BAD")
+def test_keep_going_bad_patients_fail_alone_and_are_listed(sample_run: Path, tmp_path: Path) -> None:
+    """The default target with --keep-going. GOOD (a sample patient's DICOM, from the sample run)
+    goes through every stage in this run;
+    BAD (the phantom's planning CT without PixelSpacing) and GONE (no DICOM folder) fail their
+    ingest with exit code 2 and a clear last log line, inputs untouched. The run ends failed, and
+    the cohort table patients.tsv is written in the same run: every patient, GOOD ok, the failed
+    ones with stage and first error line. Nearest wrong answers: no table until a
+    rerun (the rule waited for BAD), a table without the failed patients, or a stand-in under
+    another name. A run whose targets leave a patient unfinished gives patients.incomplete.tsv
+    instead (never patients.tsv, which a rerun would take as finished).
+    The next run has nothing to do for the table (dry run: no job of BAD or GONE in its DAG)."""
+    good = sample_run / "sample" / "SAMPLE001" / "dicom"
+    bad = copy_input(build_patient(tmp_path / "phantom"), tmp_path / "data" / "BAD")
     edit(dicom_files(bad / "ct"), lambda ds: delattr(ds, "PixelSpacing"))
-    before = tree_digest(tmp_path / "data")
+    before = {**tree_digest(tmp_path / "data"), **tree_digest(good)}
     work = tmp_path / "work"
     config = _config(work, [("GOOD", good, "adenocarcinoma"), ("BAD", bad, "squamous"), ("GONE", tmp_path / "data" / "GONE", "squamous")])
     results = work / "results"
-    proc = _run(work, config, "--cores", "2", "--keep-going", *(str(results / "patients" / p / "ingest") for p in ("GOOD", "BAD", "GONE")))
+    proc = _run(work, config, "--cores", "2", "--keep-going")  # the default target, as a user runs it
     assert proc.returncode != 0, "two patients failed: the run must say so"
-    assert tree_digest(tmp_path / "data") == before, "an input was modified"
-    assert (results / "patients" / "GOOD" / "ingest" / "metadata.json").is_file()
+    assert {**tree_digest(tmp_path / "data"), **tree_digest(good)} == before, "an input was modified"
+    assert (results / "patients" / "GOOD" / "plan" / "plan.json").is_file(), proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "exit status 2" in proc.stdout + proc.stderr
     for pid, message in (("BAD", "PixelSpacing (0028,0030) is missing"), ("GONE", "DICOM folder not found")):
         log = (results / "logs" / "ingest" / f"{pid}.log").read_text()
@@ -143,19 +148,24 @@ def test_keep_going_bad_patients_fail_alone_and_are_listed(tmp_path: Path) -> No
         assert "Traceback" not in log and last.startswith(f"ERROR (bad input, exit code 2): patient {pid}: ") and message in last, log[-1500:]
         assert not (results / "patients" / pid / "ingest").exists()
 
-    assert not (results / "cohort" / "patients.tsv").exists()  # the rule's output is never a partial table
-    table = pd.read_csv(results / "cohort" / "patients.incomplete.tsv", sep="\t", dtype=str, keep_default_na=False).set_index("patient_id")
+    assert not (results / "cohort" / "patients.incomplete.tsv").exists()  # the final table replaced the stand-in
+    table = pd.read_csv(results / "cohort" / "patients.tsv", sep="\t", dtype=str, keep_default_na=False).set_index("patient_id")
     assert sorted(table.index) == ["BAD", "GONE", "GOOD"]
-    assert table.loc["GOOD", "status"] == "incomplete" and table.loc["GOOD", "error"] == ""  # only ingest was asked for
+    assert table.loc["GOOD", "status"] == "ok" and table.loc["GOOD", "error"] == "" and table.loc["GOOD", "dose_source"] != ""
     for pid, message in (("BAD", "PixelSpacing (0028,0030) is missing"), ("GONE", "DICOM folder not found")):
         assert table.loc[pid, "status"] == "failed" and table.loc[pid, "failed_stage"] == "ingest"
         assert message in table.loc[pid, "error"] and f"patient {pid}" in table.loc[pid, "error"]
 
     dry = _run(work, config, "-n", "--quiet", "rules", "--", str(results / "cohort" / "patients.tsv"))
     assert dry.returncode == 0, dry.stdout[-3000:] + dry.stderr[-3000:]
-    counts = _job_counts(dry.stdout + dry.stderr)
-    assert counts.get("cohort_table") == 1 and "ingest" not in counts  # GOOD's ingest is done, BAD and GONE are not waited for
-    assert counts.get("register") == 1 and counts.get("plan") == 1  # GOOD's later stages only
+    assert "Job stats:" not in dry.stdout + dry.stderr, dry.stdout[-3000:]  # nothing to do: the table is final
+
+    other = tmp_path / "partial"  # only ingest asked for: GOOD is unfinished, so the table is a stand-in
+    partial_config = _config(other, [("GOOD", good, "adenocarcinoma"), ("BAD", bad, "squamous")])
+    partial = _run(other, partial_config, "--cores", "2", "--keep-going", *(str(other / "results" / "patients" / p / "ingest") for p in ("GOOD", "BAD")))
+    assert partial.returncode != 0 and not (other / "results" / "cohort" / "patients.tsv").exists()
+    stand_in = pd.read_csv(other / "results" / "cohort" / "patients.incomplete.tsv", sep="\t", dtype=str, keep_default_na=False).set_index("patient_id")
+    assert stand_in.loc["GOOD", "status"] == "incomplete" and stand_in.loc["BAD", "status"] == "failed"
 
 
 # --- SIGKILL mid-run, then rerun -------------------------------------------------------------

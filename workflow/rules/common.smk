@@ -147,29 +147,21 @@ def patient_seed_point(wildcards):
 def patient_arm(wildcards):
     """A real cohort's PET-boost record from the cohort sheet's ``arm`` column: A, B, not_randomized,
     or empty (before randomisation). The plan applies A/B only when the 72 Gy whole-tumour boost is
-    feasible. Sample patients get '' here: their record is the sample's cohort sheet, an input of the
-    plan rule (allocation_sheet), because it does not exist before the sample rule has run."""
+    feasible. Sample patients get '' here: their record is the enrolment file the sample rule writes
+    into the patient's folder (allocation_record), because it does not exist before that rule ran."""
     if is_sample() or "arm" not in COHORT.columns:
         return ""
     value = str(COHORT.loc[wildcards.pid, "arm"])
     return value if value in ("A", "B", "not_randomized") else ""
 
 
-def allocation_sheet(wildcards):
-    """The sample's cohort sheet as a plan input: the one allocation, written once by the sample rule
-    (with clinical.tsv, from the same value) and read by the plan, never drawn a second time.
-    A real cohort's sheet is already parsed at load time (patient_arm); making it an input would
-    re-plan every patient whenever any cell of the sheet changes."""
-    return {"allocation": f"{SAMPLE_DIR}/cohort.tsv"} if is_sample() else {}
-
-
-def plan_group():
-    """The plan's job group: 'patient' (batched with the patient's other stages) for a real cohort;
-    none for the sample, whose plans wait for the sample's cohort sheet. That sheet needs every
-    sample patient, so a per-patient group would depend on itself through it (Snakemake refuses).
-    The sample's plan and the steps after it are the group 'planning' instead: on a cluster one more
-    job per patient, not one per rule and patient."""
-    return "planning" if is_sample() else "patient"
+def allocation_record(wildcards):
+    """A sample patient's enrolment record as a plan input: its own folder (enrolment.tsv, the row
+    of the sample's cohort sheet, written once with the DICOM and read by the plan, never drawn a
+    second time). Per patient, so the plan does not wait for the whole cohort and a patient's stages
+    stay one group job on a cluster. A real cohort's sheet is parsed at load time (patient_arm):
+    making it an input would re-plan every patient whenever any cell of the sheet changes."""
+    return {"allocation": f"{SAMPLE_DIR}/{wildcards.pid}"} if is_sample() else {}
 
 
 def planning_beam_data():
@@ -246,8 +238,11 @@ def result_targets():
 
 
 def patient_input_dirs():
-    """Patient id -> the folder of its input files (the sample's synthesised folder or dicom_dir)."""
-    return {pid: ingest_source(SimpleNamespace(pid=pid)) for pid in PATIENTS}
+    """Patient id -> the folder of its input files (the sample's synthesised folder or dicom_dir).
+    A dicom_dir that does not exist is left out (known_failures): as an input it would make Snakemake
+    refuse the whole run before any job (MissingInputException), not fail that patient alone."""
+    missing = known_failures()
+    return {pid: ingest_source(SimpleNamespace(pid=pid)) for pid in PATIENTS if pid not in missing}
 
 
 def provenance_files(wildcards):
@@ -260,16 +255,25 @@ def provenance_files(wildcards):
 
 
 def _cohort_table_after_failure():
-    """When a run ends with failed jobs (--keep-going), write the cohort table anyway, from what
-    finished, failed patients marked with their stage and first error line: the rule itself waited
-    for a patient that failed in this run. It goes to patients.incomplete.tsv, never to the rule's
-    output (a rerun would take it as the finished table); the rule's next run replaces it."""
-    from isotox.planning.summary import write_cohort_table
+    """When a run ends with failed jobs (--keep-going), write the cohort table anyway, in this run:
+    the rule itself waited for a patient that failed. Every patient is listed, a failed one with its
+    stage and first error line (its failure record). If every patient is either finished or failed,
+    the table is final (what the rule would write, as it no longer waits for failed patients) and
+    goes to patients.tsv. If some patient is merely unfinished (a partial target list, a stage not
+    reached), it goes to patients.incomplete.tsv instead, never to patients.tsv, which a rerun would
+    take as finished; the rule's next run replaces it."""
+    from isotox.planning.summary import cohort_table, write_table
 
-    if Path(f"{RESULTS}/patients").is_dir():
-        write_cohort_table(f"{RESULTS}/cohort/patients.incomplete.tsv", [Path(f"{RESULTS}/patients/{pid}") for pid in PATIENTS],
-                           f"{RESULTS}/logs", known_failures())
-        logger.warning(f"some jobs failed: {RESULTS}/cohort/patients.incomplete.tsv lists every patient, the failed ones with the error")
+    if not Path(f"{RESULTS}/patients").is_dir():
+        return
+    table = cohort_table([Path(f"{RESULTS}/patients/{pid}") for pid in PATIENTS], f"{RESULTS}/logs", known_failures())
+    final = not (table["status"] == "incomplete").any()
+    path = Path(f"{RESULTS}/cohort/patients.tsv" if final else f"{RESULTS}/cohort/patients.incomplete.tsv")
+    write_table(path, table)
+    if final:
+        Path(f"{RESULTS}/cohort/patients.incomplete.tsv").unlink(missing_ok=True)
+    failed = ", ".join(table.loc[table["status"] == "failed", "patient_id"])
+    logger.warning(f"some jobs failed ({failed or 'no patient stage'}): {path} lists every patient, the failed ones with the error")
 
 
 onerror:

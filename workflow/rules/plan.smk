@@ -5,7 +5,7 @@
 
 rule plan:
     input:
-        unpack(allocation_sheet),
+        unpack(allocation_record),
         ingest=f"{RESULTS}/patients/{{pid}}/ingest",
         segment=f"{RESULTS}/patients/{{pid}}/segment",
         protocol=config["protocol"],
@@ -30,7 +30,7 @@ rule plan:
         mem_mb=stage_mem_mb,
         runtime=30,
     group:
-        plan_group()
+        "patient"
     conda:
         "../../envs/isotox.yaml"
     script:

@@ -34,7 +34,7 @@ rule strategies:
         mem_mb=stage_mem_mb,
         runtime=30,
     group:
-        plan_group()
+        "patient"
     conda:
         "../../envs/isotox.yaml"
     script:

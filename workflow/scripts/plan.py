@@ -10,9 +10,14 @@ from isotox.runlog import log_to_file
 log = log_to_file(snakemake.log[0])  # noqa: F821 - injected by Snakemake
 settings = PlanningSettings.from_config(dict(snakemake.params.settings))  # noqa: F821
 settings.beam_data = snakemake.input.beam_data  # noqa: F821 - the tracked input, not a second copy of the path
-# the PET-boost record: the sample's cohort sheet (an input), else the real cohort sheet's arm (a param)
-sheet = getattr(snakemake.input, "allocation", None)  # noqa: F821
-arm = recorded_arm(sheet, snakemake.wildcards.pid) if sheet else (snakemake.params.arm or None)  # noqa: F821
+# the PET-boost record: a sample patient's enrolment row (its folder is an input), else the cohort sheet's arm (a param)
+sample_dir = getattr(snakemake.input, "allocation", None)  # noqa: F821
+if sample_dir:
+    from isotox.sample.patient import ENROLMENT_FILE
+
+    arm = recorded_arm(Path(sample_dir) / ENROLMENT_FILE, snakemake.wildcards.pid)  # noqa: F821
+else:
+    arm = snakemake.params.arm or None  # noqa: F821
 plan_patient(
     Path(snakemake.output.stage).parent,  # noqa: F821
     snakemake.input.protocol,  # noqa: F821

@@ -4,9 +4,9 @@ The trial allocates an arm at registration and applies it only when the initial 
 whole-tumour boost to ``boost.test_total_gy`` (72 Gy) keeps every constraint; otherwise the patient
 is not randomized (66 Gy or less, isotoxic) and followed (seed 000). So the plan needs the recorded
 allocation, and the allocation must be one list: the cohort sheet's ``arm`` column (a real cohort's
-``config/cohort.tsv``, or the sample's ``results/sample/cohort.tsv``, which the sample rule writes
-from the same value as ``clinical.tsv``). A second draw anywhere else would give the plan and the
-outcome tables two different randomisations.
+``config/cohort.tsv``, or a sample patient's ``enrolment.tsv``, its row of the sample's cohort sheet,
+written with its DICOM from the same value as ``clinical.tsv``). A second draw anywhere else would
+give the plan and the outcome tables two different randomisations.
 
 Values: ``A`` / ``B`` (allocated; applied when the test passes), ``not_randomized`` (the trial's
 record: the plan follows it) and blank (before randomisation: a randomizable patient is then

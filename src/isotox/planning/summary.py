@@ -113,8 +113,13 @@ def cohort_table(patient_dirs: list[Path], log_root: str | Path | None = None, k
 def write_cohort_table(path: str | Path, patient_dirs: list[Path], log_root: str | Path | None = None,
                        known_failures: dict[str, str] | None = None) -> pd.DataFrame:
     """Build :func:`cohort_table` and write it atomically as TSV; returns the table."""
+    table = cohort_table(patient_dirs, log_root, known_failures)
+    write_table(path, table)
+    return table
+
+
+def write_table(path: str | Path, table: pd.DataFrame) -> None:
+    """Write a cohort table atomically as TSV (5 significant digits: the figures' own precision)."""
     from isotox.atomic import write_text
 
-    table = cohort_table(patient_dirs, log_root, known_failures)
     write_text(path, table.to_csv(sep="\t", index=False, float_format="%.5g"))
-    return table

@@ -136,6 +136,12 @@ def _block_average(image: sitk.Image, mask: NDArray[np.bool_] | None, factor: in
     return small, mask_image(small, small_mask), int(small_mask.sum())
 
 
+#: a pyramid level whose fixed mask has fewer voxels is skipped (not the finest level)
+MIN_LEVEL_VOXELS = 64
+#: metric samples per level at least: below this, a level of a small image may sample no mask voxel
+MIN_SAMPLES = 200
+
+
 def _centroid_mm(image: sitk.Image, mask: NDArray[np.bool_]) -> NDArray[np.float64]:
     kji = np.argwhere(mask).mean(axis=0)
     return np.asarray(image.TransformContinuousIndexToPhysicalPoint([float(v) for v in kji[::-1]]))
@@ -175,10 +181,17 @@ def register_rigid(fixed: sitk.Image, moving: sitk.Image, settings: Registration
     levels: list[float] = []
     iterations = 0
     reg = None
-    for factor, sigma in zip(settings.shrink_factors, settings.smoothing_sigmas_mm, strict=True):
+    schedule = list(zip(settings.shrink_factors, settings.smoothing_sigmas_mm, strict=True))
+    for number, (factor, sigma) in enumerate(schedule, start=1):
         f_level, fm_level, count = _block_average(fixed_f, fixed_mask, factor, sigma)
+        if count < MIN_LEVEL_VOXELS and number < len(schedule):
+            continue  # a small image (a phantom, a thin slab) has no coarse level worth the name
+        if count == 0:
+            raise ValueError("the fixed image's mask is empty at full resolution: nothing to register")
         m_level, mm_level, _ = _block_average(moving_f, moving_mask, factor, sigma)
-        share = min(settings.sampling_percentage, settings.max_samples / max(1, count))
+        # the share of the level's voxels the metric samples: at most max_samples, at least MIN_SAMPLES
+        # (ITK refuses a level whose random sample holds no point inside the fixed mask)
+        share = min(1.0, max(min(settings.sampling_percentage, settings.max_samples / count), MIN_SAMPLES / count))
         reg = _method(settings, fm_level, mm_level, share)
         reg.SetShrinkFactorsPerLevel([1])
         reg.SetSmoothingSigmasPerLevel([0.0])

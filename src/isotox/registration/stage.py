@@ -41,6 +41,16 @@ def _target(ingest: Path) -> np.ndarray | None:
     return array(read_image(gtv)) > 0 if gtv.exists() else None
 
 
+def _require_contrast(image: sitk.Image, body: np.ndarray, path: Path, patient: str) -> None:
+    """Mutual information needs more than one intensity inside the body: a CT that is uniform there
+    (a phantom, a wrongly windowed or blanked series) cannot be aligned, and ITK would fail deep in
+    its histogram code. Refuse it as bad input, naming the file."""
+    values = array(image)[body]
+    if values.size and float(values.max() - values.min()) < 1.0:
+        raise InputDataError(patient, path, f"the CT is uniform inside the body ({float(values.min()):g} HU everywhere): "
+                             "image registration needs anatomy to align", "check the series assigned to this role (a phantom or a blanked series?)")
+
+
 def _register_pet_session(session: str, ingest: Path, out: Path, planning: sitk.Image, planning_body: np.ndarray, planning_lungs: np.ndarray,
                           target: np.ndarray | None, settings: RegistrationSettings, patient: str) -> dict[str, Any]:
     ct_path, pet_path = ingest / f"{session}_ct.nii.gz", ingest / f"{session}_pet_suv.nii.gz"
@@ -51,6 +61,8 @@ def _register_pet_session(session: str, ingest: Path, out: Path, planning: sitk.
     ct_body = body_mask(ct)
     if not ct_body.any():
         raise InputDataError(patient, ct_path, "no body found on the PET/CT's CT (nothing above -400 HU)", "check the series assigned to this role")
+    for image, body, path in ((planning, planning_body, ingest / "planning_ct.nii.gz"), (ct, ct_body, ct_path)):
+        _require_contrast(image, body, path, patient)
     rigid = register_rigid(planning, ct, settings, planning_body, ct_body)
     transform: sitk.Transform = rigid.transform
     metric = rigid.metric

@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from isotox.sample.patient import sample_allocation
 
 DAYS_PER_MONTH = 365.25 / 12.0
 QOL_TIMEPOINTS = (("baseline", -7), ("week4", 28), ("end_rt", 33), ("fu3m", 125))
@@ -57,6 +56,54 @@ def _nominal_prescription(gtv_cc: float, has_node: bool, rng: np.random.Generato
     return False, float(np.clip(66.0 - 5.0 * max(np.log2(gtv_cc / 40.0), 0.0), 54.0, 66.0))
 
 
+def sample_allocation(index: int, seed: int) -> str:
+    """The sample cohort's randomisation list: the arm ('A'/'B') patient ``index`` is allocated at
+    registration (1:1, independent of everything else about the patient), as a trial statistician's
+    list drawn before enrolment. Only ``_enrol`` applies it, when the generator's boost is feasible."""
+    return str(np.random.default_rng([seed, index, 13]).choice(["A", "B"]))
+
+
+@dataclass(frozen=True)
+class Enrolment:
+    """What the trial records when a sample patient is registered, before any planning: the
+    allocation, stage and chemotherapy schedule (the cohort sheet's row), and the generator's
+    nominal prescription (its own assumption, never the plan stage's result)."""
+
+    patient_id: str
+    histology: str
+    arm: str
+    stage: str
+    chemotherapy: str
+    induction_cycles: int
+    boost_feasible: bool
+    nominal_dose_gy: float
+
+    def sheet_row(self, dicom_dir: str) -> dict[str, str]:
+        """The patient's row of a cohort sheet (config/schemas/cohort.schema.yaml)."""
+        return {"patient_id": self.patient_id, "dicom_dir": dicom_dir, "histology": self.histology, "arm": self.arm,
+                "stage": self.stage, "chemotherapy": self.chemotherapy}
+
+
+def _enrol(truth: dict[str, Any], seed: int, model: OutcomeModel) -> tuple[Enrolment, np.random.Generator]:
+    """The patient's enrolment and the random stream the rest of its follow-up continues from.
+
+    Per patient (the stream is seeded by seed and index alone), so one patient's record exists as
+    soon as that patient is generated: the plan reads it without waiting for the whole cohort."""
+    rng = np.random.default_rng([seed, truth["index"], 7])
+    gtv, node = float(truth["tumour"]["gtv_volume_cc"]), bool(truth["has_node"])
+    feasible, dose = _nominal_prescription(gtv, node, rng, model)
+    arm = sample_allocation(int(truth["index"]), seed) if feasible else "not_randomized"
+    stage = str(rng.choice(["IIIA", "IIIB"])) if node else ("IB" if gtv < 15 else ("IIA" if gtv < 40 else "IIB"))
+    chemo = str(rng.choice(["concurrent", "sequential"], p=[0.6, 0.4])) if stage.startswith("III") else "none"
+    induction = int(rng.integers(0, 3)) if chemo != "none" else 0
+    return Enrolment(truth["patient_id"], str(truth["histology"]), arm, stage, chemo, induction, feasible, dose), rng
+
+
+def enrolment(truth: dict[str, Any], seed: int, model: OutcomeModel | None = None) -> Enrolment:
+    """The enrolment record of one sample patient (its ground truth and the cohort seed)."""
+    return _enrol(truth, seed, model or OutcomeModel())[0]
+
+
 def _eqd2(total: float, fractions: int, alpha_beta: float = 10.0) -> float:
     d = total / fractions
     return total * (d + alpha_beta) / (2.0 + alpha_beta)
@@ -81,15 +128,11 @@ def simulate_clinical(truths: list[dict[str, Any]], seed: int, model: OutcomeMod
     cutoff = date.fromisoformat(model.data_cutoff)
     rows, qol_rows, truth_rows = [], [], {}
     for t in sorted(truths, key=lambda x: x["index"]):
-        rng = np.random.default_rng([seed, t["index"], 7])
+        enrolled, rng = _enrol(t, seed, model)
         pid, gtv = t["patient_id"], float(t["tumour"]["gtv_volume_cc"])
         node, fhv = bool(t["has_node"]), float(t["tumour"]["hypoxic_fraction"])
-        feasible, dose = _nominal_prescription(gtv, node, rng, model)
-        # the one randomisation list of the sample (the plan rule reads the same allocation)
-        arm = sample_allocation(int(t["index"]), seed) if feasible else "not_randomized"
-        stage = str(rng.choice(["IIIA", "IIIB"])) if node else ("IB" if gtv < 15 else ("IIA" if gtv < 40 else "IIB"))
-        chemo = str(rng.choice(["concurrent", "sequential"], p=[0.6, 0.4])) if stage.startswith("III") else "none"
-        induction = int(rng.integers(0, 3)) if chemo != "none" else 0
+        feasible, dose, arm = enrolled.boost_feasible, enrolled.nominal_dose_gy, enrolled.arm
+        stage, chemo, induction = enrolled.stage, enrolled.chemotherapy, enrolled.induction_cycles
         planning = datetime.strptime(t["planning_date"], "%Y%m%d").date()
         registration = planning - timedelta(days=int(rng.integers(3, 10)))
         rt_start = planning + timedelta(days=int(rng.integers(7, 14)))

@@ -11,7 +11,7 @@ import pandas as pd
 
 from isotox.atomic import write_text
 from isotox.sample.clinical import simulate_clinical
-from isotox.sample.patient import patient_id, write_sample_patient
+from isotox.sample.patient import ENROLMENT_FILE, patient_id, write_sample_patient
 
 
 def write_cohort_tables(out_dir: str | Path, truth_files: list[str | Path], seed: int) -> dict[str, Path]:
@@ -19,18 +19,25 @@ def write_cohort_tables(out_dir: str | Path, truth_files: list[str | Path], seed
     out_dir = Path(out_dir)
     truths = [json.loads(Path(f).read_text(encoding="utf-8")) for f in truth_files]
     clinical, qol, model_truth = simulate_clinical(truths, seed)
-    sheet = pd.DataFrame({
-        "patient_id": clinical["patient_id"],
-        "dicom_dir": [str(Path(f).parent / "dicom") for f in sorted(truth_files, key=lambda f: json.loads(Path(f).read_text())["index"])],
-        "histology": clinical["histology"], "arm": clinical["arm"], "stage": clinical["stage"],
-        "chemotherapy": clinical["chemotherapy"],
-    })
+    # the cohort sheet is the patients' own enrolment records (the rows the plans read), in index order
+    order = sorted(range(len(truths)), key=lambda k: truths[k]["index"])
+    sheet = pd.concat([_enrolment_row(Path(truth_files[k]).parent) for k in order], ignore_index=True)
+    if list(sheet["arm"]) != list(clinical["arm"]):
+        raise RuntimeError(f"enrolment records disagree with the clinical simulation's arms ({out_dir}): regenerate the sample patients")
     paths = {name: out_dir / f"{name}.tsv" for name in ("cohort", "clinical", "qol")}
     for name, table in (("cohort", sheet), ("clinical", clinical), ("qol", qol)):
         write_text(paths[name], table.to_csv(sep="\t", index=False, lineterminator="\n"))
     paths["model"] = out_dir / "clinical_model.json"
     write_text(paths["model"], json.dumps(model_truth, indent=2, sort_keys=True) + "\n")
     return paths
+
+
+def _enrolment_row(patient_dir: Path) -> pd.DataFrame:
+    """A sample patient's enrolment record (written with its DICOM by write_sample_patient)."""
+    path = patient_dir / ENROLMENT_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: the sample patient predates enrolment records; delete {patient_dir} and rerun")
+    return pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
 
 
 def write_sample_cohort(out_dir: str | Path, patients: int, seed: int, preset: str = "small", jobs: int = 1) -> dict[str, Any]:

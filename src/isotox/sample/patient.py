@@ -19,7 +19,7 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage
 
-from isotox.atomic import atomic_path
+from isotox.atomic import atomic_path, write_text
 from isotox.dicomio.contours import contours_from_field
 from isotox.dicomio.image_series import CT_IMAGE_STORAGE, CtFrame, PetAcquisition, write_ct_series, write_pet_series
 from isotox.dicomio.modules import PatientStudy, SeriesInfo
@@ -27,6 +27,7 @@ from isotox.dicomio.rtstruct_writer import ReferencedImages, RoiContours, write_
 from isotox.dicomio.uids import stable_uid
 from isotox.geometry import ImageGrid, RigidTransform
 from isotox.sample import appearance, scanner
+from isotox.sample.clinical import enrolment
 from isotox.sample.anatomy import TUMOUR_TISSUES, Anatomy, Tissue, TumourShape, draw_anatomy
 from isotox.sample.kinetics import STEP_S, BloodPools, tissue_curve
 from isotox.sample.presets import Preset, get_preset
@@ -214,15 +215,6 @@ def sample_histology(index: int, seed: int) -> str:
     return _draw_histology(np.random.default_rng([seed, index]))
 
 
-def sample_allocation(index: int, seed: int) -> str:
-    """The sample cohort's randomisation list: the arm ('A'/'B') patient ``index`` is allocated at
-    registration (1:1, independent of everything else about the patient). Only the sample's clinical
-    simulation calls it, applying it when the generator's boost is feasible and writing the result
-    once into cohort.tsv and clinical.tsv; the plan rule reads cohort.tsv, never this function, so
-    the workflow has one allocation."""
-    return str(np.random.default_rng([seed, index, 13]).choice(["A", "B"]))
-
-
 def _not_contoured(index: int) -> list[str]:
     """What the clinic did not contour, in a fixed rotation so every cohort of 2 or more patients
     exercises both fallbacks: patient 1, 5, 9...: no AORTA (the aorta finder runs); 2, 6, 10...: no
@@ -244,7 +236,22 @@ def write_sample_patient(out_dir: str | Path, index: int, seed: int, preset: str
     out_dir = Path(out_dir)
     with atomic_path(out_dir) as staged:
         truth = _write_patient(staged, index, seed, get_preset(preset))
+        write_enrolment(staged / ENROLMENT_FILE, truth, seed, out_dir / "dicom")
     return truth
+
+
+#: the patient's enrolment record next to its DICOM: a one-row cohort sheet (arm, stage, chemotherapy)
+ENROLMENT_FILE = "enrolment.tsv"
+
+
+def write_enrolment(path: Path, truth: dict[str, Any], seed: int, dicom_dir: Path) -> None:
+    """Write the registration record of one patient as a one-row cohort sheet.
+
+    Why per patient: the plan needs the patient's PET-boost allocation, and a record that needs the
+    whole cohort (results/sample/cohort.tsv) would make every plan wait for every patient (on a
+    cluster, a second job per patient). The cohort sheet is these rows, concatenated."""
+    row = enrolment(truth, seed).sheet_row(str(dicom_dir))
+    write_text(path, "\t".join(row) + "\n" + "\t".join(row.values()) + "\n")
 
 
 def _write_patient(out: Path, index: int, seed: int, preset: Preset) -> dict[str, Any]:
