@@ -4,8 +4,8 @@ Generates and ingests a sample patient (default preset 'realistic'), or uses an 
 patient results folder (``--patient-dir``, with ``ingest/`` inside, and ``--truth`` for the
 sample's ground_truth.json). Then runs ``isotox register`` and ``isotox segment`` as child
 processes (time and peak RSS of each alone) and prints the seconds per registration session
-(from the stage's log), the registration error per session (tumour centre + 200 points at
-10 cm) and the volumes against the truth. ``--repeat-register`` runs register a second time
+(from the stage's log), the registration error per session (global vs the pose: tumour centre + 200
+points at 10 cm; tumour-focused at the true tumour centre) and the volumes against the truth. ``--repeat-register`` runs register a second time
 with the same threads and reports whether every output file is byte-identical.
 """
 
@@ -62,10 +62,12 @@ def main() -> None:
         if truth is None:
             return
         for session in ("fdg", "hx4_2h", "hx4_4h", "dce"):
-            tx = sitk.ReadTransform(str(patient / "register" / f"{session}.tfm"))
-            pose = truth["perfusion" if session == "dce" else "sessions"]
-            affine = (pose if session == "dce" else pose[session])["planning_to_session"]["affine"]
-            print(f"registration error {session}: {registration_error_mm(tx, affine, truth['tumour']['centre_mm']):.2f} mm")
+            s = truth["perfusion"] if session == "dce" else truth["sessions"][session]
+            bony = sitk.ReadTransform(str(patient / "register" / f"{session}_global.tfm"))
+            tumour = sitk.ReadTransform(str(patient / "register" / f"{session}.tfm"))
+            at_tumour = np.linalg.norm(np.asarray(tumour.TransformPoint(tuple(truth["tumour"]["centre_mm"]))) - np.asarray(s["tumour_centre_session_mm"]))
+            print(f"registration error {session}: global vs pose (10 cm sphere) {registration_error_mm(bony, s['planning_to_session']['affine'], truth['tumour']['centre_mm']):.2f} mm, "
+                  f"tumour-focused at the tumour {at_tumour:.2f} mm (breathing shift {s['breathing']['tumour_shift_magnitude_mm']:.1f} mm)")
         figures = json.loads((patient / "segment" / "segment.json").read_text())["figures"]
         t = truth["tumour"]
         for label, got, want in (("GTV_PET40 vs true >=40% uptake", figures["gtv_pet40_cc"], t.get("pet40_volume_cc", np.nan)),

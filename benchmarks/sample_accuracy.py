@@ -3,7 +3,8 @@
     python benchmarks/sample_accuracy.py RESULTS_DIR
 
 Reads only what the workflow wrote (results/patients/PID/...) and results/sample/PID/ground_truth.json,
-and prints the figures the README quotes: registration error at the tumour and at the spine, the
+and prints the figures the README quotes: registration error of the global (bony) and the tumour-focused
+transform at the tumour and at the spine, with each session's breathing shift, the
 threshold volumes against the as-measured truth (and the unblurred one), TBRmax, the AIF choice (RMS
 against the aorta and against the earlier venous curves), the aorta found on the CT, the tumour's
 perfusion parameters against the truth range, and PTV coverage. Prints; asserts nothing.
@@ -26,15 +27,27 @@ def _affine_apply(affine: list[list[float]], pts: np.ndarray) -> np.ndarray:
 
 
 def _registration(truth: dict, patient: Path) -> dict[str, float]:
+    """Per session (PET/CT and DCE): the breathing shift at the tumour, and the error of the global
+    (bony, ``{session}_global.tfm``) and the tumour-focused (``{session}.tfm``) transforms at the true
+    tumour centre (pose after the breathing) and at the spine landmarks (the rigid pose)."""
     out: dict[str, float] = {}
-    pts = np.array([truth["tumour"]["centre_mm"], *truth.get("spine_landmarks_mm", [])], float)
-    for session in ("fdg", "hx4_2h", "hx4_4h"):
-        tx = sitk.ReadTransform(str(patient / "register" / f"{session}.tfm"))
-        got = np.array([tx.TransformPoint(tuple(map(float, p))) for p in pts])
-        err = np.linalg.norm(got - _affine_apply(truth["sessions"][session]["planning_to_session"]["affine"], pts), axis=1)
-        out[f"reg_{session}_tumour_mm"] = float(err[0])
-        if len(err) > 1:
-            out[f"reg_{session}_spine_max_mm"] = float(err[1:].max())
+    centre = np.array(truth["tumour"]["centre_mm"], float)
+    spine = np.array(truth.get("spine_landmarks_mm", []), float)
+    for session in ("fdg", "hx4_2h", "hx4_4h", "dce"):
+        s = truth["perfusion"] if session == "dce" else truth["sessions"][session]
+        at_tumour = np.asarray(s.get("tumour_centre_session_mm") or _affine_apply(s["planning_to_session"]["affine"], centre[None])[0])
+        at_spine = np.asarray(s.get("spine_landmarks_session_mm") or _affine_apply(s["planning_to_session"]["affine"], spine))
+        if "breathing" in s:
+            out[f"breathing_{session}_tumour_shift_mm"] = float(s["breathing"]["tumour_shift_magnitude_mm"])
+        files = {"global": patient / "register" / f"{session}_global.tfm", "tumour": patient / "register" / f"{session}.tfm"}
+        if not files["global"].exists():  # a run from before the two-stage registration
+            files = {"global": files["tumour"]}
+        for name, path in files.items():
+            tx = sitk.ReadTransform(str(path))
+            out[f"reg_{session}_{name}_at_tumour_mm"] = float(np.linalg.norm(np.asarray(tx.TransformPoint(tuple(map(float, centre)))) - at_tumour))
+            if len(spine):
+                got = np.array([tx.TransformPoint(tuple(map(float, p))) for p in spine])
+                out[f"reg_{session}_{name}_spine_max_mm"] = float(np.linalg.norm(got - at_spine, axis=1).max())
     return out
 
 

@@ -1,8 +1,11 @@
 """Stage 2 against the sample cohort's known poses, and its QC on deliberately bad registrations.
 
-Registration error as the issue defines it: the mean distance between where the true and the
-recovered transform send the tumour centre and 200 points on a sphere of 10 cm around it
-(the whole thorax a boost plan cares about). Acceptance: < 2 mm for every PET/CT session.
+Registration error of the global (bony) stage as the issue defines it: the mean distance between
+where the true rigid pose and the recovered ``{session}_global.tfm`` send the tumour centre and 200
+points on a sphere of 10 cm around it (the whole thorax a boost plan cares about). Acceptance:
+< 2 mm for every PET/CT session and the DCE slab. The sessions also breathe (the thorax content is
+displaced 5-15 mm at the tumour): the tumour-focused transform, which the PET is mapped with, is
+checked at the tumour in test_registration_landmarks.py.
 """
 
 from __future__ import annotations
@@ -32,26 +35,37 @@ def registered(sample_run: Path) -> list[tuple[dict, Path]]:
 def test_pet_ct_registration_error_below_2_mm(registered: list[tuple[dict, Path]]) -> None:
     for truth, stage in registered:
         for session in SESSIONS:
-            tx = sitk.ReadTransform(str(stage / f"{session}.tfm"))
+            tx = sitk.ReadTransform(str(stage / f"{session}_global.tfm"))
             err = registration_error_mm(tx, truth["sessions"][session]["planning_to_session"]["affine"], truth["tumour"]["centre_mm"])
             assert err < 2.0, f"{truth['patient_id']} {session}: {err:.2f} mm"
 
 
 def test_dce_slab_registration_error_below_2_mm(registered: list[tuple[dict, Path]]) -> None:
     for truth, stage in registered:
-        tx = sitk.ReadTransform(str(stage / "dce.tfm"))
+        tx = sitk.ReadTransform(str(stage / "dce_global.tfm"))
         err = registration_error_mm(tx, truth["perfusion"]["planning_to_session"]["affine"], truth["tumour"]["centre_mm"])
         assert err < 2.0, f"{truth['patient_id']} DCE: {err:.2f} mm"
 
 
 def test_qc_record_is_complete_and_clean_for_good_registrations(registered: list[tuple[dict, Path]]) -> None:
+    """Both stages recorded; their distance at the tumour is the breathing shift (within 2 mm: each
+    stage's own error at the tumour and the GTV centroid being the drawn contour's, not the true centre).
+    Lung Dice after the bony transform > 0.85: the lung bases sit at the session's breathing state,
+    5-22 mm from the planning CT's (measured 0.89-0.94); a transform 25 mm off drops it below 0.8
+    (test_poor_registration_is_flagged)."""
     for truth, stage in registered:
         qc = json.loads((stage / "qc.json").read_text())
         assert qc["flagged"] == []
+        for session in (*SESSIONS, "dce"):
+            record = qc["sessions"][session]
+            assert record["transform_used"] == "tumour_focused"
+            shift = (truth["perfusion"] if session == "dce" else truth["sessions"][session])["breathing"]["tumour_shift_magnitude_mm"]
+            assert abs(record["tumour_focused"]["displacement_from_global_at_tumour_mm"] - shift) < 2.0, (session, shift)
+            assert (stage / f"{session}_global.tfm").exists() and (stage / f"{session}.tfm").exists()
         for session in SESSIONS:
             record = qc["sessions"][session]
             assert record["qc"]["inverse_consistency_mm"] < 1.0  # sub-voxel on 4-4.5 mm voxels
-            assert record["qc"]["lung_dice"] > 0.9
+            assert record["qc"]["lung_dice"] > 0.85
             # linear interpolation never raises SUVmax and loses little of it on these grids
             assert record["suvmax_after"] <= record["suvmax_before"] + 1e-6
             assert record["suvmax_after"] >= 0.85 * record["suvmax_before"]
@@ -105,11 +119,26 @@ def test_pet_outside_the_planning_ct_is_flagged(sample_run: Path) -> None:
 
 
 def test_register_cli_on_a_copy_and_missing_ingest(sample_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The CLI with ``registration.tumour_focus: false`` (the default run covers the default): the PET
+    is then mapped with the global transform, ``{session}.tfm`` is the global one, and no tumour stage
+    is recorded; the global stage itself is the default run's (same transform to 1e-9)."""
+    import yaml
+
     patient = tmp_path / "SAMPLE001"
     shutil.copytree(sample_run / "patients" / "SAMPLE001" / "ingest", patient / "ingest")
-    config = Path(__file__).resolve().parents[1] / "config" / "config.yaml"
+    config_data = yaml.safe_load((Path(__file__).resolve().parents[1] / "config" / "config.yaml").read_text())
+    config_data["registration"]["tumour_focus"] = False
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(config_data))
     assert cli_main(["register", str(patient), "--config", str(config)]) == 0
-    assert (patient / "register" / "fdg.tfm").exists()
+    out = patient / "register"
+    qc = json.loads((out / "qc.json").read_text())
+    for session in (*SESSIONS, "dce"):
+        assert (out / f"{session}.tfm").read_bytes() == (out / f"{session}_global.tfm").read_bytes()
+        assert qc["sessions"][session]["transform_used"] == "global" and "tumour_focused" not in qc["sessions"][session]
+    default = sitk.ReadTransform(str(sample_run / "patients" / "SAMPLE001" / "register" / "fdg_global.tfm"))
+    here = sitk.ReadTransform(str(out / "fdg_global.tfm"))
+    np.testing.assert_allclose(here.TransformPoint((10.0, 20.0, 30.0)), default.TransformPoint((10.0, 20.0, 30.0)), atol=1e-9)
     assert cli_main(["register", str(tmp_path / "NOBODY"), "--config", str(config)]) == 2
     err = capsys.readouterr().err
     assert "NOBODY" in err and "run `isotox ingest`" in err
@@ -118,22 +147,35 @@ def test_register_cli_on_a_copy_and_missing_ingest(sample_run: Path, tmp_path: P
 
 def test_deformable_refinement_runs_round_trips_and_keeps_accuracy(sample_run: Path, tmp_path: Path) -> None:
     """registration.deformable: the B-spline step (5 L-BFGS-B iterations here, to keep the suite fast)
-    on top of the rigid result is saved as one composite .tfm that reads back identically, and on the
-    sample's rigid poses it must not spoil the rigid accuracy (still < 2 mm)."""
-    from isotox.registration.rigid import refine_bspline
+    on top of the bony result is saved as one composite .tfm that reads back identically, and must not
+    spoil it: against the true (breathing, non-rigid) mapping of the tumour centre and a 10 cm sphere
+    around it, its mean error is at most 0.5 mm above the bony transform's."""
+    from isotox.geometry import RigidTransform
+    from isotox.registration.qc import probe_points
+    from isotox.registration.rigid import refine_bspline, register_bony
+    from isotox.sample.breathing import Breathing
 
     truth = json.loads((sample_run / "sample" / "SAMPLE001" / "ground_truth.json").read_text())
     ingest = sample_run / "patients" / "SAMPLE001" / "ingest"
     fixed, moving = read_image(ingest / "planning_ct.nii.gz"), read_image(ingest / "fdg_ct.nii.gz")
     fb, mb = body_mask(fixed), body_mask(moving)
     settings = RegistrationSettings(deformable=True, bspline_iterations=5)
-    rigid = register_rigid(fixed, moving, settings, fb, mb)
+    rigid = register_bony(fixed, moving, settings, fb, mb)
     composite, _ = refine_bspline(fixed, moving, rigid.transform, settings, fb)
     sitk.WriteTransform(composite, str(tmp_path / "fdg.tfm"))
     back = sitk.ReadTransform(str(tmp_path / "fdg.tfm"))
     affine, centre = truth["sessions"]["fdg"]["planning_to_session"]["affine"], truth["tumour"]["centre_mm"]
     assert registration_error_mm(back, affine, centre) == pytest.approx(registration_error_mm(composite, affine, centre), abs=1e-6)
-    assert registration_error_mm(composite, affine, centre) < 2.0
+    s = truth["sessions"]["fdg"]
+    t = s["planning_to_session"]
+    pose = RigidTransform(tuple(np.radians(t["angles_deg"])), tuple(t["translation_mm"]), tuple(t["centre_mm"]))
+    pts = probe_points(np.asarray(centre, dtype=float))
+    true_pts = pose.apply(Breathing.from_dict(s["breathing"]["state"]).push(pts))
+
+    def mean_error(tx: sitk.Transform) -> float:
+        return float(np.linalg.norm(np.array([tx.TransformPoint(tuple(p)) for p in pts]) - true_pts, axis=1).mean())
+
+    assert mean_error(composite) <= mean_error(rigid.transform) + 0.5
 
 
 def test_working_resolution_averages_fine_ct_without_moving_it() -> None:

@@ -4,7 +4,7 @@ Before the fix, two 2-thread runs on the same input differed (transforms by ~1e-
 PET voxels by ~5e-7): the Mattes metric's multi-threaded reduction is not order-stable. The
 registration now runs its optimiser on one thread and parallelises only per-voxel work.
 
-The input is a small synthetic patient (a 4 mm thorax phantom: body, lungs, spine, tumour; a
+The input is a small synthetic patient (a 4 mm thorax phantom: body, lungs, spine, tumour and its GTV; a
 PET/CT session displaced by a known rigid motion; a 5-frame DCE slab), so the test takes a few
 seconds. It compares the bytes of every file the stage writes, and that the thread count
 does not change them either (1 vs 2 threads). Nearest wrong answer: outputs equal to ~1e-9
@@ -52,6 +52,12 @@ def _write_patient(folder: Path) -> None:
     (ingest / "masks").mkdir(parents=True)
     planning = _image(_phantom((28, 56, 56), rng), (-112.0, -112.0, -56.0))
     sitk.WriteImage(sitk.Cast(planning, sitk.sitkInt16), str(ingest / "planning_ct.nii.gz"))
+    # the tumour as the GTV, so the tumour-focused stage runs (and is compared byte by byte) too
+    k, j, i = np.indices((28, 56, 56), dtype=float)
+    gtv = ((i - 28) / 28 - 0.38) ** 2 / 0.1**2 + ((j - 28) / 28 + 0.05) ** 2 / 0.1**2 + ((k - 14) / 3.0) ** 2 <= 1
+    mask = sitk.GetImageFromArray(gtv.astype(np.uint8))
+    mask.CopyInformation(planning)
+    sitk.WriteImage(mask, str(ingest / "masks" / "GTV.nii.gz"))
     motion = sitk.Euler3DTransform((0.0, 0.0, 0.0), 0.02, -0.01, 0.03, (5.0, -3.0, 4.0))
     session_grid = _image(np.zeros((26, 52, 52)), (-104.0, -104.0, -52.0))
     ct = sitk.Resample(planning, session_grid, motion.GetInverse(), sitk.sitkLinear, -1000.0)
@@ -80,7 +86,8 @@ def test_register_twice_with_two_threads_is_byte_identical(tmp_path: Path) -> No
         assert cli_main(["register", str(patient), "--config", str(CONFIG), "--threads", str(threads)]) == 0
         runs[name] = _outputs(patient / "register")
     a, b, c = runs["a"], runs["b"], runs["c"]
-    assert {"fdg.tfm", "fdg_pet_suv.nii.gz", "fdg_ct.nii.gz", "dce.tfm", "dce_mc.nii.gz", "dce_motion.tsv", "qc.json"} <= set(a)
+    assert {"fdg.tfm", "fdg_global.tfm", "fdg_pet_suv.nii.gz", "fdg_ct.nii.gz", "dce.tfm", "dce_global.tfm", "dce_mc.nii.gz", "dce_motion.tsv", "qc.json"} <= set(a)
+    assert "tumour_focused" in json.loads(a["qc.json"])["sessions"]["fdg"]
     assert set(a) == set(b)
     different = [name for name in a if a[name] != b[name]]
     assert different == [], f"two 2-thread runs differ in {different}"

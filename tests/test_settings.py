@@ -128,3 +128,17 @@ def test_roi_synonym_in_two_structures_is_an_error(tmp_path: Path) -> None:
     path.write_text("structures:\n  HEART: {synonyms: [Heart]}\n  LUNG_L: {synonyms: [heart]}\n")
     with pytest.raises(ConfigError, match="maps to both"):
         RoiNameMap.from_yaml(path)
+
+
+def test_registration_settings_read_the_two_stage_keys() -> None:
+    """The config's registration keys reach RegistrationSettings (the shipped config: bony global stage,
+    tumour-focused stage on at 15 mm, flag above 20 mm); a global_region other than bone/body is refused."""
+    from isotox.registration.rigid import RegistrationSettings
+
+    config = yaml.safe_load((Path(__file__).resolve().parents[1] / "config" / "config.yaml").read_text())
+    s = RegistrationSettings.from_config(config["registration"])
+    assert (s.global_region, s.tumour_focus, s.tumour_margin_mm, s.max_tumour_discrepancy_mm) == ("bone", True, 15, 20.0)
+    off = RegistrationSettings.from_config({"tumour_focus": False, "tumour_margin_mm": 35, "qc": {"max_tumour_discrepancy_mm": 12}})
+    assert (off.tumour_focus, off.tumour_margin_mm, off.max_tumour_discrepancy_mm) == (False, 35, 12)
+    with pytest.raises(ValueError, match="global_region"):
+        RegistrationSettings.from_config({"global_region": "lungs"})

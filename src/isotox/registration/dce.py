@@ -16,8 +16,8 @@ import pandas as pd
 import SimpleITK as sitk
 from numpy.typing import NDArray
 
-from isotox.images import body_mask, resample_to, sample_points
-from isotox.registration.rigid import RegistrationSettings, register_rigid
+from isotox.images import body_mask, mask_image, resample_to, sample_points
+from isotox.registration.rigid import RegistrationSettings, RigidResult, register_bony, register_rigid, register_tumour
 
 
 def frames_of(dce: sitk.Image) -> list[sitk.Image]:
@@ -63,11 +63,24 @@ def motion_correct(frames: list[sitk.Image], settings: RegistrationSettings) -> 
 
 
 def slab_to_planning(slab: sitk.Image, planning: sitk.Image, settings: RegistrationSettings,
-                     planning_body: NDArray[np.bool_]) -> tuple[sitk.Transform, float]:
-    """Transform planning points -> DCE points, by registering the planning CT onto the slab."""
+                     planning_body: NDArray[np.bool_], baseline: sitk.Image | None = None) -> RigidResult:
+    """The global (bony) stage, slab points -> planning points (invert it for the stage's convention),
+    by registering the planning CT onto the slab; bone is found on ``baseline`` (a pre-contrast
+    frame on the slab's grid) or on the slab itself."""
     slab_body = body_mask(slab)
-    result = register_rigid(slab, planning, slab_settings(settings, slab), slab_body, planning_body)
-    return result.transform.GetInverse(), result.metric
+    return register_bony(slab, planning, slab_settings(settings, slab), slab_body, planning_body, bone_on="fixed", bone_image=baseline)
+
+
+def tumour_to_planning(slab: sitk.Image, planning: sitk.Image, settings: RegistrationSettings, planning_body: NDArray[np.bool_],
+                       focus: NDArray[np.bool_], global_slab_to_planning: sitk.Transform) -> RigidResult | None:
+    """The tumour-focused stage for the slab (slab points -> planning points): the planning tumour
+    region carried onto the slab by the global result is the fixed mask (the slab is fixed, so
+    every sample lies in both scans). None when the region misses the slab."""
+    carried = sitk.Resample(mask_image(planning, focus), slab, global_slab_to_planning, sitk.sitkNearestNeighbor, 0)
+    region = (sitk.GetArrayFromImage(carried) > 0) & body_mask(slab)
+    if region.sum() < 64:
+        return None
+    return register_tumour(slab, planning, slab_settings(settings, slab), region, planning_body, global_slab_to_planning)
 
 
 def stack(frames: list[sitk.Image]) -> sitk.Image:

@@ -19,7 +19,7 @@ import SimpleITK as sitk
 from numpy.typing import NDArray
 
 from isotox.images import dice, inside_image, lung_mask, mask_image, resample_to, sample_points
-from isotox.registration.rigid import RegistrationSettings, register_rigid
+from isotox.registration.rigid import RegistrationSettings, register_bony
 
 
 @dataclass
@@ -54,8 +54,9 @@ def registration_error_mm(transform: sitk.Transform, true_affine: list[list[floa
 
 def inverse_consistency_mm(fixed: sitk.Image, moving: sitk.Image, forward: sitk.Transform, settings: RegistrationSettings,
                            fixed_body: NDArray[np.bool_], moving_body: NDArray[np.bool_], n_points: int = 2000) -> float:
-    """Mean |B(F(x)) - x| over body points x of the fixed image, B registered independently."""
-    backward = register_rigid(moving, fixed, settings, moving_body, fixed_body).transform
+    """Mean |B(F(x)) - x| over body points x of the fixed image, B registered independently by the
+    same global stage the other way round (bone found on the same, moving = non-contrast, CT)."""
+    backward = register_bony(moving, fixed, settings, moving_body, fixed_body, bone_on="fixed").transform
     points = sample_points(fixed, fixed_body, n_points, settings.seed)
     round_trip = np.array([backward.TransformPoint(forward.TransformPoint(tuple(p))) for p in points])
     return float(np.linalg.norm(round_trip - points, axis=1).mean())

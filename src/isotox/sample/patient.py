@@ -29,6 +29,7 @@ from isotox.geometry import ImageGrid, RigidTransform
 from isotox.sample import appearance, scanner
 from isotox.sample.clinical import enrolment
 from isotox.sample.anatomy import TUMOUR_TISSUES, Anatomy, Tissue, TumourShape, draw_anatomy
+from isotox.sample.breathing import Breathing, draw_breathing
 from isotox.sample.kinetics import STEP_S, BloodPools, tissue_curve
 from isotox.sample.presets import Preset, get_preset
 from isotox.sample.timeline import at, da, dt, plus, tm
@@ -72,6 +73,12 @@ class Session:
     pose: RigidTransform
     day: datetime
     fov_offset_mm: tuple[float, float, float] = (0.0, 0.0, 0.0)  # scanner field of view not centred on the planning point
+    breathing: Breathing | None = None  # the session's breathing state relative to the planning CT (None: the planning CT's)
+
+    def to_session(self, points: NDArray[np.float64]) -> NDArray[np.float64]:
+        """The true planning -> session mapping: breathing displacement, then the rigid pose."""
+        pts = np.asarray(points, dtype=float)
+        return self.pose.apply(self.breathing.push(pts) if self.breathing is not None else pts)
 
 
 def _draw_pose(rng: np.random.Generator, max_shift: tuple[float, float, float], max_deg: float) -> RigidTransform:
@@ -91,6 +98,23 @@ def _session_grid(size: tuple[int, int, int], spacing: tuple[float, float, float
 def _noise(rng: np.random.Generator, sd: float, shape: tuple[int, ...]) -> NDArray[np.float32]:
     """Gaussian image noise in float32 (a realistic planning CT is 31 M voxels: float64 doubles the memory)."""
     return rng.standard_normal(size=shape, dtype=np.float32) * np.float32(sd)
+
+
+def _breathing_truth(s: Session, tumour_centre: tuple[float, float, float]) -> dict[str, Any]:
+    """What a test needs to compute the true mapping anywhere (``isotox.sample.breathing.Breathing.from_dict``
+    of ``state``, then the pose) and the breathing shift at the tumour centre."""
+    assert s.breathing is not None
+    c = np.asarray(tumour_centre, dtype=float)
+    shift = s.breathing.push(c) - c
+    return {
+        "model": "x_session = pose(q) with q - shift * w(q) = x_planning; w in [0, 1] is 1 in the thorax content and 0 at "
+                 "bone (chest wall, ribs, spine): see isotox/sample/breathing.py",
+        "state": s.breathing.as_dict(),
+        "tumour_shift_mm": shift.tolist(),  # planning axes, before the pose
+        "tumour_shift_session_mm": (s.pose.matrix @ shift).tolist(),  # the same vector in the session's axes
+        "tumour_shift_magnitude_mm": float(np.linalg.norm(shift)),
+        "tumour_weight": float(s.breathing.weight(c)),
+    }
 
 
 def _grid_dict(grid: ImageGrid) -> dict[str, Any]:
@@ -286,9 +310,16 @@ def _write_patient(out: Path, index: int, seed: int, preset: Preset) -> dict[str
     def fov(max_xy: float, max_z: float) -> tuple[float, float, float]:
         return (float(rng.uniform(-max_xy, max_xy)), float(rng.uniform(-max_xy, max_xy)), float(rng.uniform(-max_z, max_z)))
 
+    # every session breathes: its own state, from its own stream (the rest of the patient is drawn as before)
+    breathing_rng = np.random.default_rng([seed, index, 29])
+    rib_a, rib_b = 0.93 * params.body_a - 9.0, 0.93 * params.body_b - 9.0  # inner surface of the rib ring (anatomy.py)
+
+    def breathe() -> Breathing:
+        return draw_breathing(breathing_rng, rib_a, rib_b, anatomy.y_vertebra, anatomy.y_posterior, params.tumour.centre)
+
     def session(name: str, day_offset: int, shift: tuple[float, float, float], deg: float, offset: tuple[float, float, float]) -> Session:
         return Session(name, stable_uid(*key, name, "study"), stable_uid(*key, name, "for"), _draw_pose(rng, shift, deg),
-                       planning_day - timedelta(days=day_offset), offset)
+                       planning_day - timedelta(days=day_offset), offset, breathe())
 
     # diagnostic PET/CT without the planning immobilisation: larger rotations, the field of view
     # centred wherever the technologist put it
@@ -298,8 +329,9 @@ def _write_patient(out: Path, index: int, seed: int, preset: Preset) -> dict[str
         "dce": session("dce", 0, (5.0, 5.0, 5.0), 1.5, fov(5.0, 0.0)),
     }
     # the 4 h scan follows the same injection on the same day, the patient repositioned on the table
+    # and scanned free-breathing again: its own pose and its own breathing state
     sessions["hx4_4h"] = Session("hx4_4h", sessions["hx4_2h"].study_uid, stable_uid(*key, "hx4_4h", "for"), _draw_pose(rng, (15.0, 15.0, 20.0), 5.0),
-                                 sessions["hx4_2h"].day, fov(25.0, 20.0))
+                                 sessions["hx4_2h"].day, fov(25.0, 20.0), breathe())
     who = lambda s: PatientStudy(pid, f"Sample^{index:03d}", da(birth), sex, s.study_uid, da(s.day), "080000.000000", accession=f"A{index:03d}{s.key[:3].upper()}")  # noqa: E731
     dicom = out / "dicom"
     folder = lambda *parts: dicom / stable_uid(*key, *parts, "dir")[-12:]  # noqa: E731  opaque folder names
@@ -371,12 +403,12 @@ def _write_patient(out: Path, index: int, seed: int, preset: Preset) -> dict[str
         z_c = float(params.tumour.centre[2]) * 0.5
         ct_grid = _session_grid(preset.session_ct_size, preset.session_ct_spacing, s.pose, z_c, s.fov_offset_mm)
         pet_grid = _session_grid(preset.pet_size, preset.pet_spacing, s.pose, z_c, s.fov_offset_mm)
-        lowdose = scanner.render(ct_grid, anatomy, s.pose, {"hu": lambda smp: look.hu(smp, contrast=False)}, 1)["hu"]
+        lowdose = scanner.render(ct_grid, anatomy, s.pose, {"hu": lambda smp: look.hu(smp, contrast=False)}, 1, s.breathing)["hu"]
         lowdose += _noise(rng, preset.lowdose_noise_hu * look.noise_scale, ct_grid.shape)
         ct_series = SeriesInfo("CT", stable_uid(*key, name, "ct-series"), 10 * number + 11, f"{tracer.split()[0]} PET/CT low-dose CT", da(s.day), tm(plus(start, -120)), s.frame_uid)
         write_ct_series(folder(name, "ct"), ct_grid, [CtFrame(lowdose, tm(plus(start, -120)))], who(s), ct_series, uid_key=(*key, name, "ct"))
 
-        clean = scanner.psf_blur(scanner.render(pet_grid, anatomy, s.pose, {"suv": suv_painter}, preset.pet_supersample)["suv"], pet_grid, preset.psf_fwhm_mm)
+        clean = scanner.psf_blur(scanner.render(pet_grid, anatomy, s.pose, {"suv": suv_painter}, preset.pet_supersample, s.breathing)["suv"], pet_grid, preset.psf_fwhm_mm)
         noisy = scanner.pet_noise(rng, clean, preset.pet_cv_at_suv1)
         decayed_dose = dose_bq * math.exp(-math.log(2) * uptake_s / F18_HALF_LIFE_S)
         suv_to_bqml = decayed_dose / (weight_kg * 1000.0)
@@ -391,14 +423,15 @@ def _write_patient(out: Path, index: int, seed: int, preset: Preset) -> dict[str
         nac_series = SeriesInfo("PT", stable_uid(*key, name, "pet-nac-series"), 10 * number + 13, f"{tracer.split()[0]} PET NAC", da(s.day), tm(start), s.frame_uid)
         write_pet_series(folder(name, "pet-nac"), pet_grid, nac * suv_to_bqml, who(s), nac_series, replace(acq, attenuation_corrected=False), uid_key=(*key, name, "pet-nac"))
 
-        centre_s = s.pose.apply(np.asarray(params.tumour.centre))
+        centre_s = s.to_session(np.asarray(params.tumour.centre))
         near = np.linalg.norm(_grid_points(pet_grid) - centre_s, axis=-1) <= 1.2 * params.tumour.r0 + 5.0
         ci, cj, ck = np.rint(pet_grid.physical_to_index(centre_s[None, :])[0]).astype(int)
         session_truth[name] = {
             "planning_to_session": s.pose.as_dict(),
             "tumour_centre_session_mm": centre_s.tolist(),
             "fov_offset_mm": list(s.fov_offset_mm),
-            "spine_landmarks_session_mm": [s.pose.apply(np.asarray(v)).tolist() for v in spine_landmarks],
+            "spine_landmarks_session_mm": [s.to_session(np.asarray(v)).tolist() for v in spine_landmarks],  # bone: the pose alone
+            "breathing": _breathing_truth(s, params.tumour.centre),
             "ct_grid": _grid_dict(ct_grid), "pet_grid": _grid_dict(pet_grid),
             "tracer": tracer, "injected_dose_bq": dose_bq, "injection_datetime": dt(injection),
             "series_datetime": dt(start), "uptake_time_s": uptake_s, "weight_kg": weight_kg,
@@ -430,9 +463,11 @@ def _write_patient(out: Path, index: int, seed: int, preset: Preset) -> dict[str
     pool_curves = {Tissue.BLOOD: pools.aorta, Tissue.BLOOD_RIGHT: pools.right_heart, Tissue.BLOOD_VENOUS: pools.svc}
     for tissue, curve in pool_curves.items():
         curves[int(tissue)] = hu_per_mm * curve(times)
-    dce_grid = _session_grid(preset.dce_size, preset.dce_spacing, s.pose, float(params.tumour.centre[2]), s.fov_offset_mm)
+    # the slab is centred on the tumour as the scout shows it: where this breathing state puts it
+    dce_centre_z = float(s.breathing.push(np.asarray(params.tumour.centre))[2]) if s.breathing is not None else float(params.tumour.centre[2])
+    dce_grid = _session_grid(preset.dce_size, preset.dce_spacing, s.pose, dce_centre_z, s.fov_offset_mm)
     frame_painters = {f"f{f}": (lambda smp, f=f: look.hu(smp, contrast=False) + curves[smp.tissue, f]) for f in range(times.size)}
-    frames_clean = scanner.render(dce_grid, anatomy, s.pose, frame_painters, preset.dce_supersample)
+    frames_clean = scanner.render(dce_grid, anatomy, s.pose, frame_painters, preset.dce_supersample, s.breathing)
     dce_start = at(planning_day, 8, 40)
     frames = [CtFrame(frames_clean[f"f{f}"] + _noise(rng, preset.dce_noise_hu * look.noise_scale, dce_grid.shape), tm(plus(dce_start, float(t)))) for f, t in enumerate(times)]
     dce_series = SeriesInfo("CT", stable_uid(*key, "dce", "series"), 5, "DCE-CT perfusion thorax", da(planning_day), tm(dce_start), s.frame_uid)
@@ -440,6 +475,9 @@ def _write_patient(out: Path, index: int, seed: int, preset: Preset) -> dict[str
     perfusion_truth = {
         "planning_to_session": s.pose.as_dict(), "grid": _grid_dict(dce_grid), "frame_times_s": times.tolist(),
         "fov_offset_mm": list(s.fov_offset_mm),
+        "tumour_centre_session_mm": s.to_session(np.asarray(params.tumour.centre)).tolist(),
+        "spine_landmarks_session_mm": [s.to_session(np.asarray(v)).tolist() for v in spine_landmarks],
+        "breathing": _breathing_truth(s, params.tumour.centre),
         "hematocrit": hct, "hu_per_mM": hu_per_mm,
         "aif": "descending aorta: Parker 2006 population blood curve, delayed (sample/kinetics.py)",
         "bolus_arrival_s": pools.aorta_arrival_s, "pulmonary_transit_s": pools.pulmonary_transit_s, "svc_lead_s": pools.svc_lead_s,
@@ -452,8 +490,11 @@ def _write_patient(out: Path, index: int, seed: int, preset: Preset) -> dict[str
 
     truth: dict[str, Any] = {
         "patient_id": pid, "index": index, "seed": seed, "preset": preset.name,
-        "conventions": "LPS mm; planning_to_session maps planning-CT points to session scanner points "
-                       "(x_s = A @ [x_p, 1]), as ITK's registration transform with fixed = planning CT.",
+        "conventions": "LPS mm; planning_to_session is the session's rigid pose on the table (x_s = A @ [x_p, 1], as ITK's "
+                       "registration transform with fixed = planning CT): exact for bone (spine, ribs, chest wall). The thorax "
+                       "content is also displaced by the session's breathing state (sessions.*.breathing, perfusion.breathing): "
+                       "the true mapping of a planning point p is A @ [q, 1] with q - shift * w(q) = p; "
+                       "tumour_centre_session_mm is that mapping of tumour.centre_mm.",
         "histology": histology, "has_node": with_node, "sex": sex, "weight_kg": weight_kg, "height_m": height_m,
         "planning_date": da(planning_day), "planning_grid": _grid_dict(planning),
         "structures_not_contoured": sorted(left_out - {"GTV_NODE"}),

@@ -1,8 +1,9 @@
 """Image formation: sample the anatomy on a scanner grid in its own pose, with partial volume,
 point-spread blur and noise.
 
-``pose`` is the planning->session rigid transform; a session voxel at x_s shows the anatomy at
-``pose.apply_inverse(x_s)``. Partial volume: every voxel is the mean over s^3 sub-points.
+``pose`` is the planning->session rigid transform and ``breathing`` the session's breathing state
+(:mod:`isotox.sample.breathing`); a session voxel at x_s shows the anatomy at
+``breathing.pull_back(pose.apply_inverse(x_s))``. Partial volume: every voxel is the mean over s^3 sub-points.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from scipy import ndimage
 
 from isotox.geometry import ImageGrid, RigidTransform
 from isotox.sample.anatomy import Anatomy, AnatomySample
+from isotox.sample.breathing import Breathing
 
 Painter = Callable[[AnatomySample], NDArray[np.float64]]
 
@@ -45,13 +47,16 @@ def _block_mean(values: NDArray[np.float64], s: int) -> NDArray[np.float64]:
     return values.reshape(z, r // s, s, c // s, s).mean(axis=(0, 2, 4))
 
 
-def render(grid: ImageGrid, anatomy: Anatomy, pose: RigidTransform | None, painters: dict[str, Painter], supersample: int = 1) -> dict[str, NDArray[np.float64]]:
+def render(grid: ImageGrid, anatomy: Anatomy, pose: RigidTransform | None, painters: dict[str, Painter], supersample: int = 1,
+           breathing: Breathing | None = None) -> dict[str, NDArray[np.float64]]:
     """Evaluate several painters on ``grid`` in one pass over the anatomy; arrays (k, j, i)."""
     out = {name: np.zeros(grid.shape, np.float32) for name in painters}  # float32: clinical matrices
     for k in range(grid.size[2]):
         pts = slice_subpoints(grid, k, supersample)
         if pose is not None:
             pts = pose.apply_inverse(pts)
+        if breathing is not None:
+            pts = breathing.pull_back(pts)
         sample = anatomy.evaluate(pts)
         for name, paint in painters.items():
             out[name][k] = _block_mean(paint(sample), supersample)
