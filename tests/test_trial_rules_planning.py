@@ -244,11 +244,13 @@ def test_enrolment_records_are_the_cohort_sheet(tmp_path: Path) -> None:
         truth = {"index": i, "patient_id": f"SAMPLE{i:03d}", "tumour": {"gtv_volume_cc": 6.0 + 9 * (i % 5), "hypoxic_fraction": 0.2},
                  "histology": "squamous", "has_node": i % 3 == 0, "planning_date": "20250101", "sessions": {}}
         (folder / "ground_truth.json").write_text(json.dumps(truth))
-        write_enrolment(folder / ENROLMENT_FILE, truth, 20240101, folder / "dicom")
+        write_enrolment(folder / ENROLMENT_FILE, truth, 20240101)
         truth_files.append(folder / "ground_truth.json")
     paths = write_cohort_tables(tmp_path, truth_files[::-1], 20240101)
     sheet = pd.read_csv(paths["cohort"], sep="\t", dtype=str, keep_default_na=False)
     records = pd.concat([pd.read_csv(f.parent / ENROLMENT_FILE, sep="\t", dtype=str, keep_default_na=False) for f in truth_files], ignore_index=True)
+    assert set(records["dicom_dir"]) == {"dicom"}  # relative to the record: the folder's bytes do not depend on where it is
+    records["dicom_dir"] = [str(f.parent / "dicom") for f in truth_files]
     pd.testing.assert_frame_equal(sheet, records)
     clinical = pd.read_csv(paths["clinical"], sep="\t", dtype=str, keep_default_na=False)
     assert list(clinical["arm"]) == list(sheet["arm"]) and set(sheet["arm"]) >= {"not_randomized"} and set(sheet["arm"]) & {"A", "B"}

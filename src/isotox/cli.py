@@ -292,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patient-id", help="patient id for messages (default: the name of PATIENT_DIR)")
     p.set_defaults(func=_cmd_plan)
 
-    p = sub.add_parser("strategies", help="dose painting: every strategy at its isotoxic limit and at equal toxicity; writes OUT (issue 19)")
+    p = sub.add_parser("strategies", help="dose painting: every strategy at its isotoxic limit and at equal toxicity; writes OUT")
     p.add_argument("patient_dir", help="the patient's results folder, with ingest/, register/, segment/ and plan/ (a boost protocol's unit plans)")
     p.add_argument("--out", required=True, help="output folder (written atomically; the workflow uses PATIENT_DIR/strategies)")
     p.add_argument("--protocol", help="protocol YAML with a 'boost' section, or a shipped protocol name; default: the config's, else pet_boost")

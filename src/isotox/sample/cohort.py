@@ -37,7 +37,9 @@ def _enrolment_row(patient_dir: Path) -> pd.DataFrame:
     path = patient_dir / ENROLMENT_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: the sample patient predates enrolment records; delete {patient_dir} and rerun")
-    return pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+    row = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+    row["dicom_dir"] = [str(patient_dir / d) for d in row["dicom_dir"]]  # the record's folder-relative path, as the sheet's
+    return row
 
 
 def write_sample_cohort(out_dir: str | Path, patients: int, seed: int, preset: str = "small", jobs: int = 1) -> dict[str, Any]:

@@ -260,7 +260,7 @@ def write_sample_patient(out_dir: str | Path, index: int, seed: int, preset: str
     out_dir = Path(out_dir)
     with atomic_path(out_dir) as staged:
         truth = _write_patient(staged, index, seed, get_preset(preset))
-        write_enrolment(staged / ENROLMENT_FILE, truth, seed, out_dir / "dicom")
+        write_enrolment(staged / ENROLMENT_FILE, truth, seed)
     return truth
 
 
@@ -268,13 +268,15 @@ def write_sample_patient(out_dir: str | Path, index: int, seed: int, preset: str
 ENROLMENT_FILE = "enrolment.tsv"
 
 
-def write_enrolment(path: Path, truth: dict[str, Any], seed: int, dicom_dir: Path) -> None:
+def write_enrolment(path: Path, truth: dict[str, Any], seed: int) -> None:
     """Write the registration record of one patient as a one-row cohort sheet.
 
     Why per patient: the plan needs the patient's PET-boost allocation, and a record that needs the
     whole cohort (results/sample/cohort.tsv) would make every plan wait for every patient (on a
-    cluster, a second job per patient). The cohort sheet is these rows, concatenated."""
-    row = enrolment(truth, seed).sheet_row(str(dicom_dir))
+    cluster, a second job per patient). The cohort sheet is these rows, concatenated. Its
+    ``dicom_dir`` is ``dicom``, relative to the record's own folder, so the patient folder's bytes do
+    not depend on where it was written (the generator is byte-deterministic)."""
+    row = enrolment(truth, seed).sheet_row("dicom")
     write_text(path, "\t".join(row) + "\n" + "\t".join(row.values()) + "\n")
 
 
