@@ -7,6 +7,8 @@ lies. Patient coordinates are LPS mm with the origin on the body axis near the c
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import IntEnum
 
@@ -17,6 +19,7 @@ from numpy.typing import NDArray
 from isotox.sample import levelsets as ls
 
 Points = NDArray[np.float64]
+LevelSet = NDArray[np.float64]
 
 
 class Tissue(IntEnum):
@@ -68,6 +71,10 @@ class TumourShape:
             coef[l] = 1.0
             r = r + a * legendre.legval(u @ np.asarray(v), coef)
         return self.r0 * r
+
+    def max_radius(self) -> float:
+        """An upper bound of the radius in any direction (|P_l| <= 1)."""
+        return self.r0 * (1.0 + float(np.sum(np.abs(self.amplitudes))))
 
     def normalised_radius(self, p: Points) -> NDArray[np.float64]:
         """|p - c| / R(direction): < 1 inside, 0 at the centre."""
@@ -198,12 +205,60 @@ def draw_anatomy(rng: np.random.Generator, histology: str, with_node: bool) -> A
 
 @dataclass
 class AnatomySample:
-    """The model evaluated at a set of points."""
+    """The model evaluated at a set of points.
+
+    ``texture`` (16 cosine waves per point) is computed on first use: only the CT painters need it.
+    """
 
     tissue: NDArray[np.uint8]
     rho: NDArray[np.float64]  # normalised tumour radius (FDG heterogeneity)
-    texture: NDArray[np.float64]  # smooth zero-mean field in [-1, 1] (lung vessels, soft-tissue texture)
     structures: dict[str, NDArray[np.float64]]  # level sets of the contoured structures
+    points: NDArray[np.float64] = field(repr=False)
+    waves: NDArray[np.float64] = field(repr=False)
+
+    @functools.cached_property
+    def texture(self) -> NDArray[np.float64]:
+        """Smooth zero-mean field in [-1, 1] (lung vessels, soft-tissue texture)."""
+        w = self.waves
+        return np.cos(self.points @ w[:, :3].T + w[:, 3]) @ w[:, 4] / w[:, 4].sum()
+
+
+class _Extent:
+    """The bounding box of the points one evaluation sees (a slice, a sub-slice stack, a raster).
+
+    A compact shape whose box, grown by ``CULL_MM``, misses it is 'far outside' (1e4) at every
+    point, as :func:`levelsets.tube` treats far points: the CSG and the contouring only need the
+    level sets' signs and their values near the surface, and no CSG offset exceeds 11 mm.
+    """
+
+    CULL_MM = 20.0
+
+    def __init__(self, p: Points) -> None:
+        flat = p.reshape(-1, 3)
+        self.shape = p.shape[:-1]
+        # per column: numpy's axis-0 reduction of an (n, 3) array is ~10x slower
+        self.lo = np.array([flat[:, i].min() for i in range(3)])
+        self.hi = np.array([flat[:, i].max() for i in range(3)])
+
+    def meets(self, centre: tuple[float, float, float] | NDArray[np.float64], half: float | tuple[float, float, float]) -> bool:
+        c, h = np.asarray(centre, dtype=float), np.asarray(half, dtype=float) + self.CULL_MM
+        return bool(np.all(c + h >= self.lo) and np.all(c - h <= self.hi))
+
+    def far(self) -> NDArray[np.float64]:
+        return np.full(self.shape, 1e4)
+
+    def local(self, p: Points, centre: tuple[float, float, float], half: float | tuple[float, float, float],
+              field_at: Callable[[Points], NDArray[np.float64]]) -> NDArray[np.float64]:
+        """``field_at`` on the points inside the shape's grown box only, 1e4 elsewhere (a tumour
+        is ~1 % of a slice, so this is most of the cost of the compact shapes saved)."""
+        out = self.far()
+        if not self.meets(centre, half):
+            return out
+        c, h = np.asarray(centre, dtype=float), np.asarray(half, dtype=float) + self.CULL_MM
+        flat = p.reshape(-1, 3)
+        near = ls.points_in_box(flat, c - h, c + h)
+        out.reshape(-1)[near] = field_at(flat[near])
+        return out
 
 
 class Anatomy:
@@ -244,12 +299,20 @@ class Anatomy:
     def evaluate(self, p: Points) -> AnatomySample:
         P = self.p
         a, b = P.body_a, P.body_b
+        extent = _Extent(p)
+
+        def compact_ellipsoid(centre: tuple[float, float, float], radii: tuple[float, float, float]) -> LevelSet:
+            return extent.local(p, centre, radii, lambda q: ls.ellipsoid(q, centre, radii))
+
+        def compact_tumour(shape: TumourShape) -> LevelSet:
+            return extent.local(p, shape.centre, shape.max_radius(), shape.levelset)
+
         body = ls.elliptic_cylinder(p, 0.0, 0.0, a, b)
         inner = ls.elliptic_cylinder(p, 0.0, 0.0, a - 14.0, b - 14.0)
         chest_wall = ls.elliptic_cylinder(p, 0.0, 0.0, a - 24.0, b - 22.0)
         mediastinum = ls.elliptic_cylinder(p, 4.0, 8.0, 30.0, 0.62 * b)
-        heart = ls.ellipsoid(p, P.heart_centre, P.heart_radii)
-        chambers = ls.ellipsoid(p, P.heart_centre, tuple(r - 11.0 for r in P.heart_radii))  # type: ignore[arg-type]
+        heart = compact_ellipsoid(P.heart_centre, P.heart_radii)
+        chambers = compact_ellipsoid(P.heart_centre, tuple(r - 11.0 for r in P.heart_radii))  # type: ignore[arg-type]
         aorta = ls.tube(p, self.aorta_line, 12.0)
         svc = ls.tube(p, self.svc_line, 9.0)
         pulmonary = ls.union(ls.tube(p, self.pulmonary_lines[0], 12.0), *(ls.tube(p, line, 8.5) for line in self.pulmonary_lines[1:]))
@@ -266,15 +329,16 @@ class Anatomy:
         discs = ls.intersect(vertebra, ls.z_bands(p, 27.0, 5.0, phase=3.0))
         rib_ring = ls.subtract(ls.elliptic_cylinder(p, 0.0, 0.0, 0.93 * a, 0.93 * b), ls.elliptic_cylinder(p, 0.0, 0.0, 0.93 * a - 9, 0.93 * b - 9))
         ribs = ls.intersect(rib_ring, ls.z_bands(p, 26.0, 10.0), p[..., 1] + 0.45 * b)  # no ribs anteriorly (cartilage)
-        diaphragm = ls.ellipsoid(p, (0.0, 0.0, -175.0), (a, b, 100.0))
-        tumour = P.tumour.levelset(p)
-        node = ls.ellipsoid(p, P.node_centre, (P.node_radius,) * 3) if P.node_centre else np.full(p.shape[:-1], 1e4)
+        diaphragm = compact_ellipsoid((0.0, 0.0, -175.0), (a, b, 100.0))
+        tumour = compact_tumour(P.tumour)
+        node = compact_ellipsoid(P.node_centre, (P.node_radius,) * 3) if P.node_centre else extent.far()
         carve = ls.union(mediastinum, heart - 4.0, aorta - 3.0, svc - 3.0, pulmonary - 3.0, trachea - 3.0, esophagus - 3.0, diaphragm, vertebra - 4.0)
         lung_r = ls.subtract(ls.intersect(ls.ellipsoid(p, *self.lungs["LUNG_R"]), chest_wall), carve, tumour, node)
         lung_l = ls.subtract(ls.intersect(ls.ellipsoid(p, *self.lungs["LUNG_L"]), chest_wall), carve, tumour, node)
 
-        rho = P.tumour.normalised_radius(p)
-        hyp = ls.ellipsoid(p, P.hypoxic_centre, (P.hypoxic_radius,) * 3)
+        # only tumour voxels read rho (FDG heterogeneity); elsewhere it only has to exceed 1
+        rho = extent.local(p, P.tumour.centre, P.tumour.max_radius(), P.tumour.normalised_radius)
+        hyp = compact_ellipsoid(P.hypoxic_centre, (P.hypoxic_radius,) * 3)
 
         tissue = np.zeros(p.shape[:-1], dtype=np.uint8)
         paint = [
@@ -294,12 +358,10 @@ class Anatomy:
         for label, field_ in paint:
             tissue[field_ < 0] = label
 
-        w = P.texture_waves
-        texture = np.cos(p @ w[:, :3].T + w[:, 3]) @ w[:, 4] / w[:, 4].sum()
         structures = {
             "BODY": body, "LUNG_L": lung_l, "LUNG_R": lung_r, "SPINAL_CORD": cord,
             "ESOPHAGUS": ls.subtract(esophagus, vertebra), "HEART": heart, "AORTA": aorta,
-            "GTV": P.observer_gtv.levelset(p), "GTV_TRUE": tumour,
+            "GTV": compact_tumour(P.observer_gtv), "GTV_TRUE": tumour,
             "GTV_NODE": node, "HYPOXIC": ls.intersect(tumour, hyp),
         }
-        return AnatomySample(tissue=tissue, rho=rho, texture=texture, structures=structures)
+        return AnatomySample(tissue=tissue, rho=rho, structures=structures, points=p, waves=P.texture_waves)

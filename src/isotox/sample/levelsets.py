@@ -7,6 +7,8 @@ traced at sub-voxel precision at level 0. Points are (..., 3) arrays in LPS mm.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from numpy.typing import NDArray
 
@@ -15,8 +17,9 @@ LevelSet = NDArray[np.float64]
 
 
 def ellipsoid(p: Points, centre: tuple[float, float, float], radii: tuple[float, float, float]) -> LevelSet:
-    q = (p - np.asarray(centre)) / np.asarray(radii)
-    return (np.sqrt((q**2).sum(-1)) - 1.0) * float(min(radii))
+    # component by component: a sum over the last axis of (..., 3) is several times slower
+    q2 = sum(((p[..., i] - centre[i]) / radii[i]) ** 2 for i in range(3))
+    return (np.sqrt(q2) - 1.0) * float(min(radii))
 
 
 def elliptic_cylinder(p: Points, cx: float, cy: float, a: float, b: float, z0: float = -1e4, z1: float = 1e4) -> LevelSet:
@@ -36,37 +39,51 @@ def tube(p: Points, polyline: NDArray[np.float64], radius: float) -> LevelSet:
     """Distance to a polyline centreline minus the radius (a vessel or airway).
 
     Only points inside a segment's bounding box (grown by the radius + 20 mm) are measured; the
-    rest are 'far outside' (1e4), which is all the CSG and the contouring need.
+    rest are 'far outside' (1e4), which is all the CSG and the contouring need. The points near
+    the whole polyline are picked once, so each segment only scans those.
     """
     flat = p.reshape(-1, 3)
     best = np.full(flat.shape[0], 1e4)
     reach = radius + 20.0
-    lo_all, hi_all = flat.min(0), flat.max(0)
+    near = points_in_box(flat, polyline.min(0) - reach, polyline.max(0) + reach)  # a few vertices: cheap
+    if near.size == 0:
+        return (best - radius).reshape(p.shape[:-1])
+    pts = flat[near]
+    nearest = np.full(near.size, 1e4)
     for a, b in zip(polyline[:-1], polyline[1:]):
-        lo, hi = np.minimum(a, b) - reach, np.maximum(a, b) + reach
-        if np.any(lo > hi_all) or np.any(hi < lo_all):
-            continue
-        sel = np.flatnonzero(np.all((flat >= lo) & (flat <= hi), axis=1))
+        sel = points_in_box(pts, np.minimum(a, b) - reach, np.maximum(a, b) + reach)
         if sel.size == 0:
             continue
-        q = flat[sel]
+        q = pts[sel]
         ab = b - a
         t = np.clip(((q - a) @ ab) / float(ab @ ab), 0.0, 1.0)
-        d = np.linalg.norm(q - (a + t[:, None] * ab), axis=1)
-        best[sel] = np.minimum(best[sel], d)
+        d = np.sqrt(sum((q[:, i] - (a[i] + t * ab[i])) ** 2 for i in range(3)))
+        nearest[sel] = np.minimum(nearest[sel], d)
+    best[near] = nearest
     return (best - radius).reshape(p.shape[:-1])
 
 
+def points_in_box(points: NDArray[np.float64], lo: NDArray[np.float64], hi: NDArray[np.float64]) -> NDArray[np.intp]:
+    """Indices of the (n, 3) points inside the axis-aligned box [lo, hi] (an early-out per axis)."""
+    inside = (points[:, 0] >= lo[0]) & (points[:, 0] <= hi[0])
+    idx = np.flatnonzero(inside)
+    for axis in (1, 2):
+        c = points[idx, axis]
+        idx = idx[(c >= lo[axis]) & (c <= hi[axis])]
+    return idx
+
+
 def union(*sets: LevelSet) -> LevelSet:
-    return np.minimum.reduce(sets)
+    # pairwise: ``np.minimum.reduce(sets)`` would first stack every set into one new array
+    return functools.reduce(np.minimum, sets)
 
 
 def intersect(*sets: LevelSet) -> LevelSet:
-    return np.maximum.reduce(sets)
+    return functools.reduce(np.maximum, sets)
 
 
 def subtract(a: LevelSet, *b: LevelSet) -> LevelSet:
-    return np.maximum(a, -np.minimum.reduce(b)) if b else a
+    return np.maximum(a, -union(*b)) if b else a
 
 
 def arc(centre: tuple[float, float, float], radius: float, start_deg: float, end_deg: float, plane: str, n: int = 24) -> NDArray[np.float64]:

@@ -468,10 +468,12 @@ def _write_patient(out: Path, index: int, seed: int, preset: Preset) -> dict[str
     # the slab is centred on the tumour as the scout shows it: where this breathing state puts it
     dce_centre_z = float(s.breathing.push(np.asarray(params.tumour.centre))[2]) if s.breathing is not None else float(params.tumour.centre[2])
     dce_grid = _session_grid(preset.dce_size, preset.dce_spacing, s.pose, dce_centre_z, s.fov_offset_mm)
-    frame_painters = {f"f{f}": (lambda smp, f=f: look.hu(smp, contrast=False) + curves[smp.tissue, f]) for f in range(times.size)}
+    # the unenhanced CT once, the enhancement per frame (the partial-volume mean is linear)
+    frame_painters: dict[str, scanner.Painter] = {"unenhanced": lambda smp: look.hu(smp, contrast=False)}
+    frame_painters.update({f"f{f}": (lambda smp, f=f: curves[smp.tissue, f]) for f in range(times.size)})
     frames_clean = scanner.render(dce_grid, anatomy, s.pose, frame_painters, preset.dce_supersample, s.breathing)
     dce_start = at(planning_day, 8, 40)
-    frames = [CtFrame(frames_clean[f"f{f}"] + _noise(rng, preset.dce_noise_hu * look.noise_scale, dce_grid.shape), tm(plus(dce_start, float(t)))) for f, t in enumerate(times)]
+    frames = [CtFrame(frames_clean["unenhanced"] + frames_clean[f"f{f}"] + _noise(rng, preset.dce_noise_hu * look.noise_scale, dce_grid.shape), tm(plus(dce_start, float(t)))) for f, t in enumerate(times)]
     dce_series = SeriesInfo("CT", stable_uid(*key, "dce", "series"), 5, "DCE-CT perfusion thorax", da(planning_day), tm(dce_start), s.frame_uid)
     write_ct_series(folder("dce", "ct"), dce_grid, frames, who(s), dce_series, uid_key=(*key, "dce", "ct"), kvp=100.0)
     perfusion_truth = {
