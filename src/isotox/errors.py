@@ -26,6 +26,11 @@ class ConfigError(IsotoxError):
         where = f"{self.file}" + (f", key '{key}'" if key else "")
         super().__init__(f"{where}: {problem}")
 
+    def __reduce__(self) -> tuple[type, tuple[str, str, str]]:
+        """Picklable with its fields (the default would call ``__init__`` with the message alone),
+        so an error raised in a worker process arrives intact."""
+        return type(self), (self.file, self.problem, self.key)
+
 
 class InputDataError(IsotoxError):
     """Patient data cannot be used as given (corrupt file, missing tag, missing structure...).
@@ -43,3 +48,7 @@ class InputDataError(IsotoxError):
         if fix:
             text += f" -> {fix}"
         super().__init__(text)
+
+    def __reduce__(self) -> tuple[type, tuple[str, str, str, str]]:
+        """Picklable with its fields, as :class:`ConfigError`."""
+        return type(self), (self.patient, self.file, self.problem, self.fix)

@@ -202,6 +202,20 @@ def centred_start(fixed: sitk.Image, moving: sitk.Image, fixed_mask: NDArray[np.
     return tx
 
 
+#: iterations per level of the bone refinement at most: it starts within a few mm, and past ~80 steps the
+#: optimiser only oscillates below 0.1 mm (it ran into the 200 cap on the sample at an unchanged error)
+BONE_ITERATIONS = 80
+
+
+def coarse_settings(settings: RegistrationSettings) -> RegistrationSettings:
+    """The whole-body step of the bony stage without its finest pyramid level: the bone refinement
+    that follows starts again at the 2x level, so a full-resolution body level costs ~1.3 s per
+    session and changes nothing the refinement keeps (registration error equal within 0.1 mm)."""
+    if len(settings.shrink_factors) < 2:
+        return settings
+    return replace(settings, shrink_factors=settings.shrink_factors[:-1], smoothing_sigmas_mm=settings.smoothing_sigmas_mm[:-1])
+
+
 def register_bony(fixed: sitk.Image, moving: sitk.Image, settings: RegistrationSettings,
                   fixed_body: NDArray[np.bool_], moving_body: NDArray[np.bool_], bone_on: str = "moving",
                   bone_image: sitk.Image | None = None) -> RigidResult:
@@ -215,21 +229,21 @@ def register_bony(fixed: sitk.Image, moving: sitk.Image, settings: RegistrationS
     lets the optimiser trade samples for a degenerate overlap (it ran 90 mm away on the sample).
     Iterations: both steps."""
     start = centred_start(fixed, moving, fixed_body, moving_body)
-    body = register_rigid(fixed, moving, settings, fixed_body, moving_body, initial=start)
     if settings.global_region == "body":
-        return body
+        return register_rigid(fixed, moving, settings, fixed_body, moving_body, initial=start)
+    body = register_rigid(fixed, moving, coarse_settings(settings), fixed_body, moving_body, initial=start)
     if bone_on == "fixed":
         on_fixed = bone_region(bone_image or fixed, fixed_body, settings.bone_hu, settings.bone_margin_mm)
     else:
         region = bone_region(bone_image or moving, moving_body, settings.bone_hu, settings.bone_margin_mm)
         carried = sitk.Resample(mask_image(moving, region), fixed, body.transform, sitk.sitkNearestNeighbor, 0)
         on_fixed = (sitk.GetArrayFromImage(carried) > 0) & fixed_body
-    if not on_fixed.any():
-        return body
+    if not on_fixed.any():  # no bone inside the fixed scan: finish the whole-body registration instead
+        return register_rigid(fixed, moving, settings, fixed_body, moving_body, initial=body.transform)
     # every voxel of the (small) bone region up to 20 000 per level: at 25 % the 2x level of a small
     # CT keeps < 1000 samples and the noisy metric stopped 8 mm off on the sample (SAMPLE001 hx4_2h)
     fine = replace(settings, shrink_factors=(2, 1), smoothing_sigmas_mm=(2.0, 0.0), sampling_percentage=1.0,
-                   max_samples=min(settings.max_samples, 20_000))
+                   max_samples=min(settings.max_samples, 20_000), iterations=min(settings.iterations, BONE_ITERATIONS))
     bony = register_rigid(fixed, moving, fine, on_fixed, moving_body, initial=body.transform)
     bony.iterations += body.iterations
     return bony

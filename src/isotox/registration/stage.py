@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ from isotox.errors import InputDataError
 from isotox.images import array, body_mask, centroid_mm, lung_mask, read_image, resample_to, write_image
 from isotox.qcplots import three_planes
 from isotox.registration import dce
+from isotox.registration.parallel import run_sessions
 from isotox.registration.qc import assess
 from isotox.registration.rigid import RegistrationSettings, RigidResult, point_distance_mm, refine_bspline, register_bony, register_tumour, tumour_region
 
@@ -159,11 +161,6 @@ def _register_dce(ingest: Path, out: Path, planning: sitk.Image, planning_body: 
     return record
 
 
-def _log_time(patient: str, session: str, start: float) -> None:
-    """Seconds per session go to the log, not to qc.json: the stage's outputs must be identical run to run."""
-    log.info("%s: %s registered in %.1f s", patient, session, time.perf_counter() - start)
-
-
 def register_patient(patient_dir: str | Path, settings: RegistrationSettings | None = None, patient_id: str | None = None) -> dict[str, Any]:
     """Run stage 2 for one patient; returns what ``register/qc.json`` holds."""
     patient_dir = Path(patient_dir)
@@ -182,13 +179,15 @@ def register_patient(patient_dir: str | Path, settings: RegistrationSettings | N
                                "settings": {k: v for k, v in settings.__dict__.items()}, "sessions": {}}
     with atomic_path(patient_dir / STAGE) as out:
         (out / "qc").mkdir(parents=True)
+        tasks: dict[str, tuple[Callable[..., dict[str, Any]], tuple[Any, ...]]] = {
+            "dce": (_register_dce, (ingest, out, planning, planning_body, settings, target, focus))}
         for session in PET_SESSIONS:
-            start = time.perf_counter()
-            summary["sessions"][session] = _register_pet_session(session, ingest, out, planning, planning_body, planning_lungs, target, settings, patient, focus)
-            _log_time(patient, session, start)
-        start = time.perf_counter()
-        summary["sessions"]["dce"] = _register_dce(ingest, out, planning, planning_body, settings, target, focus)
-        _log_time(patient, "dce", start)
+            tasks[session] = (_register_pet_session, (session, ingest, out, planning, planning_body, planning_lungs, target, settings, patient, focus))
+        records = run_sessions(tasks, settings.threads)
+        for session in (*PET_SESSIONS, "dce"):
+            record, seconds = records[session]
+            summary["sessions"][session] = record
+            log.info("%s: %s registered in %.1f s", patient, session, seconds)
         summary["flagged"] = sorted(s for s, r in summary["sessions"].items() if r.get("flagged"))
         (out / "qc.json").write_text(json.dumps(summary, indent=2, default=float) + "\n", encoding="utf-8")
     return summary
