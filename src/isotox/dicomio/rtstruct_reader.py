@@ -14,14 +14,16 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.typing import NDArray
 from pydicom.dataset import Dataset
-from skimage.draw import polygon as fill_polygon
 
 from isotox.geometry import ImageGrid
-from isotox.settings.roi_names import RoiNameMap
+
+if TYPE_CHECKING:  # a type only: the ROI-name map's YAML and schema libraries stay out of ``isotox dvh``
+    from isotox.settings.roi_names import RoiNameMap
 
 
 @dataclass
@@ -51,6 +53,8 @@ class StructureSet:
 
 
 def _polygon_mask(shape: tuple[int, int], ij: NDArray[np.float64]) -> NDArray[np.bool_]:
+    from skimage.draw import polygon as fill_polygon  # here: ``isotox dvh`` reads contours without scikit-image
+
     out = np.zeros(shape, dtype=bool)
     rr, cc = fill_polygon(ij[:, 1], ij[:, 0], shape)
     out[rr, cc] = True

@@ -213,7 +213,7 @@ def _beamlet_plan(context: PlanningContext, geometry: list[tuple[BeamGeometry, A
         offsets.append(sum(m.shape[1] for m in matrices))
         matrices.append(matrix)
         labels.append(lab)
-    full = np.hstack(matrices).astype(float)
+    full = np.hstack(matrices, dtype=float)
     target, organs = full[:n_t], full[n_t:]
     # a weight difference dw changes the dose by about dw x (one beam's mean target dose at weight 1)
     typical = float(target.sum(axis=1).mean()) / len(geometry)
