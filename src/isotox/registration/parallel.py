@@ -26,7 +26,6 @@ from typing import Any
 import SimpleITK as sitk
 
 SessionTask = tuple[Callable[..., dict[str, Any]], tuple[Any, ...]]
-_FORMAT = "%(levelname)s %(name)s: %(message)s"
 
 
 class _Collect(logging.Handler):
@@ -46,7 +45,7 @@ def _run_in_worker(func: Callable[..., dict[str, Any]], args: tuple[Any, ...]) -
     handler = _Collect()
     root = logging.getLogger()
     root.addHandler(handler)
-    root.setLevel(min(root.level or logging.INFO, logging.INFO))
+    root.setLevel(logging.INFO)  # a fresh worker's root logger is at WARNING; the parent's handlers filter again
     start = time.perf_counter()
     try:
         record = func(*args)

@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +38,7 @@ from isotox.errors import InputDataError
 from isotox.images import array, body_mask, centroid_mm, lung_mask, read_image, resample_to, write_image
 from isotox.qcplots import three_planes
 from isotox.registration import dce
-from isotox.registration.parallel import run_sessions
+from isotox.registration.parallel import SessionTask, run_sessions
 from isotox.registration.qc import assess
 from isotox.registration.rigid import RegistrationSettings, RigidResult, point_distance_mm, refine_bspline, register_bony, register_tumour, tumour_region
 
@@ -179,7 +178,7 @@ def register_patient(patient_dir: str | Path, settings: RegistrationSettings | N
                                "settings": {k: v for k, v in settings.__dict__.items()}, "sessions": {}}
     with atomic_path(patient_dir / STAGE) as out:
         (out / "qc").mkdir(parents=True)
-        tasks: dict[str, tuple[Callable[..., dict[str, Any]], tuple[Any, ...]]] = {
+        tasks: dict[str, SessionTask] = {
             "dce": (_register_dce, (ingest, out, planning, planning_body, settings, target, focus))}
         for session in PET_SESSIONS:
             tasks[session] = (_register_pet_session, (session, ingest, out, planning, planning_body, planning_lungs, target, settings, patient, focus))
