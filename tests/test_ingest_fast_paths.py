@@ -16,7 +16,7 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
-from isotox.dicomio.rtstruct_reader import contour_values, self_intersections
+from isotox.dicomio.rtstruct_reader import contour_values, self_intersections, self_intersections_each
 from isotox.dicomio.volume import SliceGeometry, stack
 from isotox.geometry import ImageGrid
 
@@ -66,6 +66,23 @@ def test_self_intersections_match_every_pair_tested() -> None:
     assert fast == [brute_force_crossings(p) for p in polygons]
     assert sum(fast) > 0  # the set has crossings to find
     assert fast != [brute_force_crossings(p, count_touching=True) for p in polygons]
+
+
+def test_self_intersections_of_many_polygons_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """All 46 polygons in one call (the way ``isotox dvh`` checks a structure set) give each polygon's
+    all-pairs count, also in tiny blocks. The nearest wrong answer, crossings between edges of two
+    different polygons (the polygons overlap in x and y), would add counts and fail equality; so would
+    a polygon's closing edge treated as adjacent to the next polygon's first edge."""
+    import isotox.dicomio.rtstruct_reader as reader
+
+    polygons = [np.asarray(p, dtype=float) for p in _polygons()]
+    truth = [brute_force_crossings(p) for p in _polygons()]
+    stacked = [p + 3.0 * n for n, p in enumerate(polygons)]  # near-coincident shapes: many cross-polygon overlaps
+    assert list(self_intersections_each(stacked)) == [brute_force_crossings(p.tolist()) for p in stacked]
+    assert list(self_intersections_each(polygons)) == truth
+    monkeypatch.setattr(reader, "_PAIRS_PER_BLOCK", 7)
+    assert list(self_intersections_each(polygons)) == truth
+    assert list(self_intersections_each([polygons[0][:3], np.zeros((0, 2))])) == [0, 0]
 
 
 def test_self_intersections_in_small_blocks(monkeypatch: pytest.MonkeyPatch) -> None:

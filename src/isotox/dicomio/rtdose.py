@@ -48,7 +48,7 @@ def read_rtdose(ds: Dataset, patient: str, path: str | Path) -> DoseGrid:
         # without it the stored integers are not Gy: taking 1 turns a 66 Gy plan into tens of thousands of Gy
         raise InputDataError(patient, path, f"DoseGridScaling (3004,000E) is {'missing' if raw_scaling in (None, '') else repr(str(raw_scaling))}: "
                              "the stored values cannot be converted to Gy", "export the RTDOSE again from the TPS")
-    pixels = ds.pixel_array.astype(np.float64)
+    pixels = ds.pixel_array.astype(np.float64)  # scaled in place below: one full-size float copy, not two
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     if frames == 1 and pixels.ndim == 2:
         pixels = pixels[None]
@@ -62,7 +62,8 @@ def read_rtdose(ds: Dataset, patient: str, path: str | Path) -> DoseGrid:
     if offsets[0] != 0.0:  # absolute form: offsets are positions along the normal
         offsets = offsets - float(origin @ normal)
     order = np.argsort(offsets)
-    offsets, pixels = offsets[order], pixels[order]
+    if np.any(np.diff(order) != 1):  # frames stored out of order (a copy only then)
+        offsets, pixels = offsets[order], pixels[order]
     steps = np.diff(offsets)
     if steps.size and np.ptp(steps) > 1e-3:
         raise InputDataError(patient, path, "RTDOSE frames are not evenly spaced", "re-export the dose on a regular grid")
@@ -74,7 +75,8 @@ def read_rtdose(ds: Dataset, patient: str, path: str | Path) -> DoseGrid:
     refs = ds.get("ReferencedRTPlanSequence")
     if refs:
         plan = str(refs[0].ReferencedSOPInstanceUID)
-    return DoseGrid(grid, pixels * scaling, str(ds.get("DoseSummationType", "")), str(ds.get("DoseType", "PHYSICAL")), str(ds.get("FrameOfReferenceUID", "")), plan)
+    pixels *= scaling
+    return DoseGrid(grid, pixels, str(ds.get("DoseSummationType", "")), str(ds.get("DoseType", "PHYSICAL")), str(ds.get("FrameOfReferenceUID", "")), plan)
 
 
 def write_rtdose(path: Path, dose: DoseGrid, who: PatientStudy, series: SeriesInfo, *, sop_instance_uid: str, plan_sop_uid: str | None = None) -> Dataset:

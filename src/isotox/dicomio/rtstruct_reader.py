@@ -72,38 +72,58 @@ def self_intersections(xy: NDArray[np.float64]) -> int:
 
     Why: a self-intersecting contour (a figure-of-eight from a slipped drawing tool) fills a different
     area under the even-odd rule than the observer meant; the volume changes without a word unless
-    it is detected. Touching edges (shared vertices) are not counted, only strict crossings.
+    it is detected. Touching edges (shared vertices) are not counted, only strict crossings."""
+    return int(self_intersections_each([xy])[0])
+
+
+def self_intersections_each(polygons: list[NDArray[np.float64]]) -> NDArray[np.intp]:
+    """Proper self-crossings of each closed polygon ((N, 2) or (N, 3), x and y used), all at once.
 
     Only pairs of edges whose bounding boxes overlap can cross, so edges are sorted by their lowest
     x and each is tested against the later ones that start before it ends (a handful for a drawn
-    contour, instead of all N: testing every pair cost ingest seconds per patient)."""
-    n = len(xy)
-    if n < 4 or n > MAX_POINTS_CHECKED:
-        return 0
-    a, b = xy, np.roll(xy, -1, axis=0)
+    contour, instead of all N: testing every pair cost ingest seconds per patient). The polygons
+    are laid side by side in x (each shifted by the span of all of them), so one sort serves every
+    contour of an RTSTRUCT and no pair ever joins two polygons (one call per contour cost ~0.1 s
+    of ``isotox dvh`` on a 441-contour structure set)."""
+    counts = np.zeros(len(polygons), dtype=np.intp)
+    which = [n for n, p in enumerate(polygons) if 4 <= len(p) <= MAX_POINTS_CHECKED]
+    if not which:
+        return counts
+    sizes = np.array([len(polygons[n]) for n in which])
+    a = np.vstack([np.asarray(polygons[n], dtype=np.float64)[:, :2] for n in which])
+    owner = np.repeat(np.arange(len(which)), sizes)
+    starts = np.cumsum(sizes) - sizes
+    local = np.arange(len(a)) - starts[owner]
+    following = np.where(local == sizes[owner] - 1, starts[owner], np.arange(len(a)) + 1)
+    b = a[following]
     lo, hi = np.minimum(a, b), np.maximum(a, b)
-    order = np.argsort(lo[:, 0], kind="stable")
+    width = float(hi[:, 0].max() - lo[:, 0].min()) + 1.0
+    lo_x, hi_x = lo[:, 0] + owner * width, hi[:, 0] + owner * width
+    order = np.argsort(lo_x, kind="stable")
+    n = len(a)
     # for the edge at sorted position s: the edges at s+1 .. s+after[s] overlap it in x
-    after = np.maximum(np.searchsorted(lo[order, 0], hi[order, 0], side="right") - np.arange(n) - 1, 0)
+    after = np.maximum(np.searchsorted(lo_x[order], hi_x[order], side="right") - np.arange(n) - 1, 0)
     ends = np.cumsum(after)
-    count, first = 0, 0
+    first = 0
     while first < n:
         last = max(first + 1, int(np.searchsorted(ends, ends[first] - after[first] + _PAIRS_PER_BLOCK, side="right")))
         k = after[first:last]
         s = np.repeat(np.arange(first, last), k)
         t = s + 1 + np.arange(int(k.sum())) - np.repeat(np.cumsum(k) - k, k)
-        count += _crossings(a, b, lo, hi, order[s], order[t])
+        e1, e2 = order[s], order[t]
+        hits = _crossings(a, b, lo, hi, np.minimum(e1, e2), np.maximum(e1, e2), local, sizes[owner])
+        counts[which] += np.bincount(owner[hits], minlength=len(which))
         first = last
-    return count
+    return counts
 
 
 def _crossings(a: NDArray[np.float64], b: NDArray[np.float64], lo: NDArray[np.float64], hi: NDArray[np.float64],
-               e1: NDArray[np.intp], e2: NDArray[np.intp]) -> int:
-    """Proper crossings among the edge pairs (e1, e2) of the closed polygon with edges a -> b
-    (cyclic neighbours and pairs apart in y are not crossings)."""
-    n = len(a)
-    i, j = np.minimum(e1, e2), np.maximum(e1, e2)
-    keep = (j - i >= 2) & ~((i == 0) & (j == n - 1)) & (lo[j, 1] <= hi[i, 1]) & (lo[i, 1] <= hi[j, 1])
+               i: NDArray[np.intp], j: NDArray[np.intp], local: NDArray[np.intp], size: NDArray[np.intp]) -> NDArray[np.intp]:
+    """The edges ``i`` (< ``j``, same polygon) of the pairs that cross properly; edges run a -> b,
+    ``local`` is an edge's index in its polygon of ``size`` edges (cyclic neighbours and pairs apart
+    in y are not crossings)."""
+    li, lj = local[i], local[j]
+    keep = (lj - li >= 2) & ~((li == 0) & (lj == size[i] - 1)) & (lo[j, 1] <= hi[i, 1]) & (lo[i, 1] <= hi[j, 1])
     i, j = i[keep], j[keep]
     p, q, r, t = a[i], b[i], a[j], b[j]
     d = t - r
@@ -111,7 +131,7 @@ def _crossings(a: NDArray[np.float64], b: NDArray[np.float64], lo: NDArray[np.fl
     o2 = (q[:, 0] - p[:, 0]) * (t[:, 1] - p[:, 1]) - (q[:, 1] - p[:, 1]) * (t[:, 0] - p[:, 0])
     o3 = d[:, 0] * (p[:, 1] - r[:, 1]) - d[:, 1] * (p[:, 0] - r[:, 0])
     o4 = d[:, 0] * (q[:, 1] - r[:, 1]) - d[:, 1] * (q[:, 0] - r[:, 0])
-    return int(np.sum((o1 * o2 < 0) & (o3 * o4 < 0)))
+    return i[(o1 * o2 < 0) & (o3 * o4 < 0)]
 
 
 def contour_values(item: Dataset) -> NDArray[np.float64]:
