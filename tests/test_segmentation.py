@@ -93,6 +93,30 @@ def test_margins_compose_within_the_triangle_inequality(seed: int, a: float, b: 
     assert not (shrink(expand(mask, spacing, a), spacing, a) & ~expand(mask, spacing, a)).any()
 
 
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000), margin=st.floats(0.5, 7.0), edge=st.booleans())
+def test_shrink_equals_a_brute_force_nearest_outside_search(seed: int, margin: float, edge: bool) -> None:
+    """shrink keeps exactly the mask voxels whose centre is farther than the margin from every
+    outside voxel centre of the image (kd-tree reference over all outside voxels, not only those
+    near the mask). Masks are a random blob and a block (often apart), half of them cut by the image edge (no outside beyond
+    it). Nearest wrong answers rejected by exact equality: searching only the mask's tight box
+    (misses the outside ring, keeps boundary voxels) and treating beyond-the-image as outside."""
+    rng = np.random.default_rng(seed)
+    spacing = (0.9, 1.3, 2.5)
+    shape = (10, 18, 16)
+    pts = _grid_points(shape, spacing)
+    centre = np.array([rng.uniform(-3, 17), rng.uniform(0, 23), rng.uniform(0, 25)]) if edge else np.array([7.0, 11.0, 12.0])
+    mask = np.linalg.norm((pts - centre) / [1.0, 1.2, 0.8], axis=-1) <= rng.uniform(4.0, 9.0)
+    k, j, i = rng.integers(0, 6), rng.integers(0, 12), rng.integers(0, 10)
+    mask[k:k + 4, j:j + 6, i:i + 6] = True  # a flat-faced block: its faces lie on the tight box
+    if mask.all() or not mask.any():
+        return
+    distance, _ = cKDTree(pts[~mask]).query(pts[mask])
+    brute = np.zeros(shape, bool)
+    brute[mask] = distance > margin + 1e-9
+    assert np.array_equal(shrink(mask, spacing, margin), brute)
+
+
 def test_margin_is_clipped_to_the_body() -> None:
     mask = np.zeros((10, 10, 10), bool)
     mask[5, 5, 5] = True

@@ -70,13 +70,23 @@ def _shift(aif: NDArray[np.float64], t: NDArray[np.float64], delay_s: float) -> 
     return np.interp(t - delay_s, t, aif, left=0.0)
 
 
-def _solve_batched(design: NDArray[np.float64], y: NDArray[np.float64]) -> NDArray[np.float64]:
-    """Least squares per voxel: design (N, T, P), y (N, T) -> (N, P) via batched normal equations."""
-    gram = np.einsum("ntp,ntq->npq", design, design)
-    rhs = np.einsum("ntp,nt->np", design, y)
+def _solve_batched(columns: list[NDArray[np.float64]], y: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Least squares per voxel by batched normal equations: the design's P columns, each (N, T) or
+    (T,) (shared by every voxel), and y (N, T) -> (N, P).
+
+    Why columns, not an (N, T, P) design: the Gram matrix is built from P (P + 1) / 2 row-wise dot
+    products of contiguous rows; the single ``einsum('ntp,ntq->npq')`` on a stacked design (plus
+    the stack itself) was 5.6x slower and 45 % of the realistic patient's perfusion stage."""
+    n, p = y.shape[0], len(columns)
+    rows = [np.broadcast_to(col, y.shape) for col in columns]
+    gram, rhs = np.empty((n, p, p)), np.empty((n, p))
+    for a in range(p):
+        rhs[:, a] = np.einsum("nt,nt->n", rows[a], y)
+        for b in range(a, p):
+            gram[:, a, b] = gram[:, b, a] = np.einsum("nt,nt->n", rows[a], rows[b])
     scale = np.sqrt(np.einsum("npp->np", gram)) + 1e-30  # column scaling for conditioning
     gram_s = gram / scale[:, :, None] / scale[:, None, :]
-    solved = np.linalg.solve(gram_s + 1e-12 * np.eye(gram.shape[1]), (rhs / scale)[..., None])[..., 0]
+    solved = np.linalg.solve(gram_s + 1e-12 * np.eye(p), (rhs / scale)[..., None])[..., 0]
     return solved / scale
 
 
@@ -96,7 +106,7 @@ def _patlak_nonnegative(c: NDArray[np.float64], cp: NDArray[np.float64], icp: ND
     Ktrans = 0 and its vp, flagged as at the bound, instead of a failed fit.
     """
     n = c.shape[0]
-    free = _solve_batched(np.ascontiguousarray(np.broadcast_to(np.stack([icp, cp], axis=-1), (n, c.shape[1], 2))), c)
+    free = _solve_batched([icp, cp], c)
     violated = np.any(free < 0, axis=1)
     if not violated.any():
         return free, violated
@@ -123,10 +133,10 @@ def _linear(model: str, t: NDArray[np.float64], c: NDArray[np.float64], cp: NDAr
     if model == "patlak":
         return {"ktrans": patlak_b[:, 0] * 60.0, "vp": patlak_b[:, 1], "reduced": np.zeros(n), "at_bound": patlak_bound.astype(float)}
     ic = _cumtrapz(c, t)
-    tofts_b = _solve_batched(np.stack([np.broadcast_to(icp, c.shape), -ic], axis=-1), c)
+    tofts_b = _solve_batched([icp, -ic], c)
     tofts = {"ktrans": tofts_b[:, 0], "kep": tofts_b[:, 1], "vp": np.zeros(n)}
     if model == "etofts":
-        b = _solve_batched(np.stack([np.broadcast_to(icp, c.shape), -ic, np.broadcast_to(cp, c.shape)], axis=-1), c)
+        b = _solve_batched([icp, -ic, cp], c)
         full = {"kep": b[:, 1], "vp": b[:, 2], "ktrans": b[:, 0] - b[:, 1] * b[:, 2]}
         use_tofts = full["vp"] < 0
         est = {k: np.where(use_tofts, tofts[k], full[k]) for k in full}
@@ -204,8 +214,7 @@ def _two_cxm_linear(t: NDArray[np.float64], c: NDArray[np.float64], cp: NDArray[
     iic = _cumtrapz(ic, t)
     icp = _cumtrapz(cp, t)
     iicp = _cumtrapz(icp, t)
-    design = np.stack([-ic, -iic, np.broadcast_to(icp, c.shape), np.broadcast_to(iicp, c.shape)], axis=-1)
-    a, b, f, g = _solve_batched(design, c).T
+    a, b, f, g = _solve_batched([-ic, -iic, icp, iicp], c).T
     with np.errstate(divide="ignore", invalid="ignore"):
         v = g / b
         vp = f / (a - b * v / f)
