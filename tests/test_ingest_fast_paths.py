@@ -129,3 +129,32 @@ def test_stack_int16_rounds_and_clips_like_float64() -> None:
     assert not np.array_equal(got, np.stack(planes).clip(-32768, 32767).astype(np.int16))
     with pytest.raises(ValueError):
         stack(geometry, iter(planes[:2]), np.int16)
+
+
+def test_dce_frames_stored_as_int16_only_when_lossless() -> None:
+    """Whole-HU frames become int16 with identical values and geometry; a series with one
+    non-integral value (rescale slope 0.5) or a value beyond int16 stays float32 unchanged. The
+    nearest wrong answer, rounding such a series to int16 anyway, changes a value by 0.5 HU and
+    fails the equality."""
+    import SimpleITK as sitk
+
+    from isotox.ingest import _as_int16_when_lossless
+
+    def frame(values: np.ndarray) -> sitk.Image:
+        image = sitk.GetImageFromArray(values.astype(np.float32))
+        image.SetSpacing((0.9, 0.9, 5.0))
+        image.SetOrigin((-10.0, 4.0, 30.0))
+        return image
+
+    rng = np.random.default_rng(3)
+    whole = [frame(rng.integers(-1024, 3000, size=(4, 6, 5)).astype(float)) for _ in range(3)]
+    out = _as_int16_when_lossless(whole)
+    assert all(f.GetPixelID() == sitk.sitkInt16 for f in out)
+    for a, b in zip(whole, out):
+        assert np.array_equal(sitk.GetArrayViewFromImage(a), sitk.GetArrayViewFromImage(b).astype(np.float32))
+        assert a.GetSpacing() == b.GetSpacing() and a.GetOrigin() == b.GetOrigin()
+    halves = [*whole[:2], frame(np.full((4, 6, 5), 12.5))]
+    assert all(f.GetPixelID() == sitk.sitkFloat32 for f in _as_int16_when_lossless(halves))
+    assert _as_int16_when_lossless(halves)[2] is halves[2]
+    beyond = [frame(np.full((4, 6, 5), 40000.0))]
+    assert _as_int16_when_lossless(beyond)[0].GetPixelID() == sitk.sitkFloat32

@@ -136,8 +136,25 @@ def _dce_image(series: Series, patient: str, policy: IrregularPolicy) -> tuple[s
     if any(b <= a for a, b in zip(seconds, seconds[1:])):
         raise InputDataError(patient, series.files[0], "two DCE frames have the same acquisition time", "export the DCE series with distinct frame times")
     table = [{"frame": k, "time_s": s, "acquisition_time": t.strftime("%H%M%S.%f")} for k, (s, t) in enumerate(zip(seconds, times))]
-    image = sitk.JoinSeries(frames)
+    image = sitk.JoinSeries(_as_int16_when_lossless(frames))
     return image, geometry_ref, table, warnings  # type: ignore[return-value]
+
+
+def _as_int16_when_lossless(frames: list[sitk.Image]) -> list[sitk.Image]:
+    """The frames as int16 when every HU value is a whole number in int16's range (the usual DCE-CT:
+    rescale slope 1), else unchanged (float32).
+
+    Why: compressing the realistic 512 x 512 x 16 x 26 series as float32 took 23 s CPU, a third
+    of that patient's ingest; as int16 5 s, with the same values. Readers cast to float32."""
+    views = [sitk.GetArrayViewFromImage(f) for f in frames]
+    if not all(np.array_equal(v, np.rint(v)) and v.min() >= -32768 and v.max() <= 32767 for v in views):
+        return frames
+    out = []
+    for frame, view in zip(frames, views):
+        whole = sitk.GetImageFromArray(view.astype(np.int16))
+        whole.CopyInformation(frame)
+        out.append(whole)
+    return out
 
 
 def _write_tsv(path: Path, rows: list[dict[str, Any]]) -> None:

@@ -52,15 +52,6 @@ class StructureSet:
     other_frame: list[str]
 
 
-def _polygon_mask(shape: tuple[int, int], ij: NDArray[np.float64]) -> NDArray[np.bool_]:
-    from skimage.draw import polygon as fill_polygon  # here: ``isotox dvh`` reads contours without scikit-image
-
-    out = np.zeros(shape, dtype=bool)
-    rr, cc = fill_polygon(ij[:, 1], ij[:, 0], shape)
-    out[rr, cc] = True
-    return out
-
-
 #: Contours with more points are not checked for self-intersection (the check is quadratic at worst).
 MAX_POINTS_CHECKED = 4000
 #: Edge pairs tested at once (bounds the memory of a contour whose edges all overlap in x).
@@ -151,24 +142,55 @@ def contour_values(item: Dataset) -> NDArray[np.float64]:
 
 
 def contours_to_mask(grid: ImageGrid, contours: list[NDArray[np.float64]], warnings: list[str], roi_name: str) -> NDArray[np.bool_]:
-    """Rasterise planar contours ((N, 3) LPS points each) on ``grid`` with the even-odd rule."""
-    mask = np.zeros(grid.shape, dtype=bool)
-    off_plane = 0
+    """Rasterise planar contours ((N, 3) LPS points each) on ``grid`` with the even-odd rule.
+
+    A scanline fill in index space: each contour edge toggles, on every voxel row it crosses, the
+    voxels right of the crossing (``odd_crossings``); an exclusive-or along each row then leaves the
+    voxels with an odd number of crossings to their left, i.e. inside an odd number of contours
+    (holes and islands). Why not a point-in-polygon test per pixel of each contour's box
+    (scikit-image ``polygon``): that was 34 % of a realistic patient's ingest (O(pixels x vertices)
+    per contour on a 512 x 512 CT); this is O(pixels + crossings) for the whole ROI."""
+    nk, nj, ni = grid.shape
+    edges, off_plane = [], 0
     for points in contours:
         ijk = grid.physical_to_index(points)
         k_mean = float(ijk[:, 2].mean())
         k = int(round(k_mean))
         if np.ptp(ijk[:, 2]) > 0.1:
             warnings.append(f"{roi_name}: a contour is not planar along the slice normal (spread {np.ptp(ijk[:, 2]) * grid.spacing[2]:.2f} mm)")
-        if k < 0 or k >= grid.shape[0]:
+        if k < 0 or k >= nk:
             warnings.append(f"{roi_name}: contour at {k_mean * grid.spacing[2]:.1f} mm is outside the image and was dropped")
             continue
         if abs(k_mean - k) > 0.1:
             off_plane += 1
-        mask[k] ^= _polygon_mask(grid.shape[1:], ijk[:, :2])
+        x, y = ijk[:, 0], ijk[:, 1]
+        edges.append(np.column_stack([x, y, np.roll(x, -1), np.roll(y, -1), np.full(len(x), k)]))
     if off_plane:
         warnings.append(f"{roi_name}: {off_plane} contour(s) not on a slice plane (> 0.1 slice), placed on the nearest slice")
-    return mask
+    toggles = np.zeros((nk, nj, ni + 1), dtype=np.uint8)
+    if edges:
+        toggles.reshape(-1)[odd_crossings(np.vstack(edges), nj, ni)] = 1
+    return np.bitwise_xor.accumulate(toggles[..., :ni], axis=2).view(bool)
+
+
+def odd_crossings(edges: NDArray[np.float64], nj: int, ni: int) -> NDArray[np.intp]:
+    """Flat (k, row, column) indices of a (nk, nj, ni + 1) toggle array crossed an odd number of times
+    by ``edges`` (x0, y0, x1, y1, k in index units): each edge crosses the rows ``lo <= row < hi``
+    (half-open), at the first voxel centre right of the crossing.
+
+    Why: listing each edge's rows directly is O(crossings), where testing every row of a contour
+    against every edge was O(rows x edges) (BODY: 13 M tests for 70 000 crossings)."""
+    x0, y0, x1, y1, k = edges.T
+    lo, hi = np.minimum(y0, y1), np.maximum(y0, y1)
+    first = np.maximum(np.ceil(lo), 0).astype(np.intp)
+    last = np.minimum(np.ceil(hi).astype(np.intp) - 1, nj - 1)
+    counts = np.maximum(last - first + 1, 0)
+    e = np.repeat(np.arange(len(edges)), counts)
+    rows = first[e] + np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
+    xc = x0[e] + (rows - y0[e]) * (x1[e] - x0[e]) / (y1[e] - y0[e])
+    column = np.clip(np.floor(xc).astype(np.intp) + 1, 0, ni)
+    flat, times = np.unique((k[e].astype(np.intp) * nj + rows) * (ni + 1) + column, return_counts=True)
+    return flat[times % 2 == 1]
 
 
 class StructureSetError(ValueError):

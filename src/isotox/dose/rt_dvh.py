@@ -18,7 +18,7 @@ from numpy.typing import NDArray
 
 from isotox.dicomio.reading import NotDicomError, read_dataset
 from isotox.dicomio.rtdose import read_rtdose
-from isotox.dicomio.rtstruct_reader import contour_values, self_intersections_each
+from isotox.dicomio.rtstruct_reader import contour_values, odd_crossings, self_intersections_each
 from isotox.dose.dvh import Dvh, dvh_from_mask, dvh_rows
 from isotox.errors import InputDataError
 from isotox.geometry import ImageGrid
@@ -75,7 +75,7 @@ def fill_even_odd(grid: ImageGrid, polygons: list[NDArray[np.float64]]) -> tuple
     and the number of contours off the slice planes by more than 0.1 slice.
 
     Why: a point-in-polygon test per pixel of every contour's box (skimage) cost ~O(pixels x
-    vertices) per contour; one toggle per edge crossing (``_odd_crossings``, every contour of the ROI
+    vertices) per contour; one toggle per edge crossing (``odd_crossings``, every contour of the ROI
     at once) and an exclusive-or accumulation along each row is O(pixels + crossings)."""
     nk, nj, ni = grid.shape
     toggles = np.zeros((nk, nj, ni + 1), dtype=np.uint8)
@@ -93,7 +93,7 @@ def fill_even_odd(grid: ImageGrid, polygons: list[NDArray[np.float64]]) -> tuple
     on_grid = (plane >= 0) & (plane < nk)
     if on_grid.any():
         edges = np.column_stack([x, y, x[following], y[following], plane])[on_grid]
-        toggles.reshape(-1)[_odd_crossings(edges, nj, ni)] = 1
+        toggles.reshape(-1)[odd_crossings(edges, nj, ni)] = 1
     return np.bitwise_xor.accumulate(toggles[..., :ni], axis=2).view(bool), off_plane
 
 
@@ -108,26 +108,6 @@ def _stacked(polygons: list[NDArray[np.float64]]) -> tuple[NDArray[np.float64], 
 def _plane_means(points: NDArray[np.float64], starts: NDArray[np.intp], sizes: NDArray[np.intp]) -> NDArray[np.float64]:
     """Mean z of each stacked contour: its plane (a planar contour's points share it)."""
     return np.add.reduceat(points[:, 2], starts) / sizes
-
-
-def _odd_crossings(edges: NDArray[np.float64], nj: int, ni: int) -> NDArray[np.intp]:
-    """Flat (k, row, column) indices of a (nk, nj, ni + 1) toggle array crossed an odd number of times
-    by ``edges`` (x0, y0, x1, y1, k in index units): each edge crosses the rows ``lo <= row < hi``
-    (half-open), at the first voxel centre right of the crossing.
-
-    Why: listing each edge's rows directly is O(crossings), where testing every row of a contour
-    against every edge was O(rows x edges) (BODY: 13 M tests for 70 000 crossings)."""
-    x0, y0, x1, y1, k = edges.T
-    lo, hi = np.minimum(y0, y1), np.maximum(y0, y1)
-    first = np.maximum(np.ceil(lo), 0).astype(np.intp)
-    last = np.minimum(np.ceil(hi).astype(np.intp) - 1, nj - 1)
-    counts = np.maximum(last - first + 1, 0)
-    e = np.repeat(np.arange(len(edges)), counts)
-    rows = first[e] + np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
-    xc = x0[e] + (rows - y0[e]) * (x1[e] - x0[e]) / (y1[e] - y0[e])
-    column = np.clip(np.floor(xc).astype(np.intp) + 1, 0, ni)
-    flat, times = np.unique((k[e].astype(np.intp) * nj + rows) * (ni + 1) + column, return_counts=True)
-    return flat[times % 2 == 1]
 
 
 def _read(path: str | Path, what: str) -> pydicom.Dataset:

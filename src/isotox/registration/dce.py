@@ -21,9 +21,9 @@ from isotox.registration.rigid import RegistrationSettings, RigidResult, registe
 
 
 def frames_of(dce: sitk.Image) -> list[sitk.Image]:
-    """The 3-D frames of a 4-D DCE image."""
+    """The 3-D frames of a 4-D DCE image, as float32 (ingest stores whole-HU series as int16)."""
     size = list(dce.GetSize())
-    return [sitk.Extract(dce, size[:3] + [0], [0, 0, 0, t]) for t in range(size[3])]
+    return [sitk.Cast(sitk.Extract(dce, size[:3] + [0], [0, 0, 0, t]), sitk.sitkFloat32) for t in range(size[3])]
 
 
 def slab_settings(settings: RegistrationSettings, slab: sitk.Image) -> RegistrationSettings:
