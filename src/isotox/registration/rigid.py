@@ -31,6 +31,7 @@ from numpy.typing import NDArray
 from scipy import ndimage
 
 from isotox.images import mask_image
+from isotox.segmentation.margins import expand
 
 
 @dataclass(frozen=True)
@@ -250,8 +251,11 @@ def register_bony(fixed: sitk.Image, moving: sitk.Image, settings: RegistrationS
 
 
 def tumour_region(fixed: sitk.Image, target: NDArray[np.bool_], body: NDArray[np.bool_], margin_mm: float) -> NDArray[np.bool_]:
-    """The planning GTV grown by ``margin_mm`` (Euclidean, in mm), inside the body."""
-    return (ndimage.distance_transform_edt(~target, sampling=fixed.GetSpacing()[::-1]) <= margin_mm) & body
+    """The planning GTV grown by ``margin_mm`` (Euclidean, in mm), inside the body.
+
+    Through ``margins.expand`` (the transform on the GTV's box grown by the margin): the distance
+    transform of the whole planning CT took 7 s CPU and ~2 GB on a 512 x 512 x 120 CT."""
+    return expand(target, fixed.GetSpacing(), margin_mm, clip=body)
 
 
 def tumour_settings(settings: RegistrationSettings) -> RegistrationSettings:
