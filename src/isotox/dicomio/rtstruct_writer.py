@@ -11,8 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from pydicom.charset import default_encoding
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
+from pydicom.tag import Tag
 from pydicom.uid import UID
 from skimage.measure import approximate_polygon
 
@@ -64,6 +67,25 @@ def _ds_list(points: np.ndarray) -> list[str]:
         values = [f"{v:.3f}" for v in simplified.ravel()]
         tolerance *= 2
     return values
+
+
+CONTOUR_DATA = Tag(0x3006, 0x0050)
+
+
+def _contour_data(values: list[str]) -> RawDataElement:
+    """ContourData as the bytes pydicom would write for these DS strings (joined by backslashes,
+    padded to even length with a space).
+
+    Why raw: assigning the list makes pydicom build and regex-validate one DS object per number,
+    2.9 of the 26 CPU seconds of a small sample patient (394 000 numbers); the strings are
+    already formatted (``_ds_list``) and the file's bytes are the same. The item must declare the
+    file's encoding (explicit VR little endian) as its own, or the writer decodes the element to
+    re-encode it. Reading the element from the returned dataset converts it as usual.
+    """
+    raw = "\\".join(values).encode("ascii")
+    if len(raw) % 2:
+        raw += b" "
+    return RawDataElement(CONTOUR_DATA, "DS", len(raw), raw, 0, False, True)
 
 
 def write_rtstruct(
@@ -124,7 +146,8 @@ def write_rtstruct(
             data = _ds_list(points)
             c.NumberOfContourPoints = len(data) // 3
             c.ContourNumber = len(contours) + 1
-            c.ContourData = data
+            c[CONTOUR_DATA] = _contour_data(data)
+            c.set_original_encoding(False, True, default_encoding)  # the file's encoding: the raw bytes are written as they are
             contours.append(c)
         if len(contours):
             rc.ContourSequence = contours

@@ -89,6 +89,15 @@ class TumourShape:
         u = d / np.maximum(dist, 1e-9)[..., None]
         return dist - self.radius(u)
 
+    def levelset_and_rho(self, p: Points) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        """:meth:`levelset` and :meth:`normalised_radius` from one radius evaluation (the
+        harmonics are most of their cost, and the anatomy needs both at the same points)."""
+        d = p - np.asarray(self.centre)
+        dist = np.linalg.norm(d, axis=-1)
+        u = d / np.maximum(dist, 1e-9)[..., None]
+        r = self.radius(u)
+        return dist - r, dist / r
+
     def volume_cc(self, n_dirs: int = 40000) -> float:
         """Exact volume by quadrature over directions: V = (4 pi / 3) mean(R^3)."""
         i = np.arange(n_dirs) + 0.5
@@ -203,11 +212,26 @@ def draw_anatomy(rng: np.random.Generator, histology: str, with_node: bool) -> A
     )
 
 
+def texture_field(points: Points, waves: NDArray[np.float64], gain: NDArray[np.float64] | None = None) -> NDArray[np.float64]:
+    """Smooth zero-mean field in [-1, 1] (lung vessels, soft-tissue texture): 16 cosine waves.
+
+    ``gain`` (one factor per wave) scales the amplitudes: the mean of a cosine over a point set
+    symmetric about ``p`` is its value at ``p`` times the mean of cos(k . offset), which is how
+    :func:`isotox.sample.scanner.render` gets a voxel's partial-volume texture from its centre.
+    """
+    amplitude = waves[:, 4] if gain is None else waves[:, 4] * gain
+    return np.cos(points @ waves[:, :3].T + waves[:, 3]) @ amplitude / waves[:, 4].sum()
+
+
 @dataclass
 class AnatomySample:
     """The model evaluated at a set of points.
 
     ``texture`` (16 cosine waves per point) is computed on first use: only the CT painters need it.
+    ``texture_of``, when set, computes it instead (the scanner's voxel-mean texture of a voxel
+    sampled at its centre). ``clearance`` (only when asked for, :meth:`Anatomy.evaluate`) is a
+    lower bound (mm) on the distance from each point to the nearest point whose tissue or
+    structure membership differs.
     """
 
     tissue: NDArray[np.uint8]
@@ -215,12 +239,15 @@ class AnatomySample:
     structures: dict[str, NDArray[np.float64]]  # level sets of the contoured structures
     points: NDArray[np.float64] = field(repr=False)
     waves: NDArray[np.float64] = field(repr=False)
+    clearance: NDArray[np.float64] | None = field(default=None, repr=False)
+    texture_of: Callable[[], NDArray[np.float64]] | None = field(default=None, repr=False)
 
     @functools.cached_property
     def texture(self) -> NDArray[np.float64]:
         """Smooth zero-mean field in [-1, 1] (lung vessels, soft-tissue texture)."""
-        w = self.waves
-        return np.cos(self.points @ w[:, :3].T + w[:, 3]) @ w[:, 4] / w[:, 4].sum()
+        if self.texture_of is not None:
+            return self.texture_of()
+        return texture_field(self.points, self.waves)
 
 
 class _Extent:
@@ -251,14 +278,22 @@ class _Extent:
               field_at: Callable[[Points], NDArray[np.float64]]) -> NDArray[np.float64]:
         """``field_at`` on the points inside the shape's grown box only, 1e4 elsewhere (a tumour
         is ~1 % of a slice, so this is most of the cost of the compact shapes saved)."""
-        out = self.far()
+        return self.local_pair(p, centre, half, lambda q: (field_at(q),))[0]
+
+    def local_pair(self, p: Points, centre: tuple[float, float, float], half: float | tuple[float, float, float],
+                   fields_at: Callable[[Points], tuple[NDArray[np.float64], ...]]) -> tuple[NDArray[np.float64], ...]:
+        """:meth:`local` for several fields computed together at the same points."""
         if not self.meets(centre, half):
-            return out
+            return (self.far(), self.far())
         c, h = np.asarray(centre, dtype=float), np.asarray(half, dtype=float) + self.CULL_MM
         flat = p.reshape(-1, 3)
         near = ls.points_in_box(flat, c - h, c + h)
-        out.reshape(-1)[near] = field_at(flat[near])
-        return out
+        outs = []
+        for values in fields_at(flat[near]):
+            out = self.far()
+            out.reshape(-1)[near] = values
+            outs.append(out)
+        return tuple(outs)
 
 
 class Anatomy:
@@ -296,7 +331,16 @@ class Anatomy:
         self.esophagus_line = np.array([[-8.0, y_eso - 6, 200.0], [-6.0, y_eso, 20.0], [2.0, y_eso + 2, -60.0], [12.0, y_eso - 10, -200.0]])
         self.lungs = lung_ellipsoids(a, b, params.lung_scale)
 
-    def evaluate(self, p: Points) -> AnatomySample:
+    #: Lipschitz bound (mm per mm) of every level set the labels are painted from, except the
+    #: lobulated tumour and GTV shapes (see :meth:`clearance`): 1 for the distance-like
+    #: primitives and their min/max, sqrt(0.6^2 + 1) = 1.17 for the right-heart half-space.
+    LIPSCHITZ = 1.2
+    #: Culled shapes read 1e4 beyond ``_Extent.CULL_MM`` (20 mm) of their box and CSG offsets stay
+    #: under 11 mm, so a level set's value only bounds the distance to its surface up to ~9 mm.
+    MAX_CLEARANCE_MM = 7.0
+
+    def evaluate(self, p: Points, clearance: bool = False) -> AnatomySample:
+        """The model at points ``p``; with ``clearance`` also :attr:`AnatomySample.clearance`."""
         P = self.p
         a, b = P.body_a, P.body_b
         extent = _Extent(p)
@@ -319,8 +363,12 @@ class Anatomy:
         # right heart: the anterior-right part of the chambers (right atrium and ventricle)
         cx, cy = P.heart_centre[0], P.heart_centre[1]
         right_half = 0.6 * (p[..., 0] - cx) + (p[..., 1] - cy)
-        trachea = ls.union(ls.tube(p, self.trachea_line, 10.0), *(ls.tube(p, br, 7.5) for br in self.bronchi))
-        lumen = ls.union(ls.tube(p, self.trachea_line, 8.0), *(ls.tube(p, br, 5.5) for br in self.bronchi))
+        # wall and lumen share their centrelines: one distance each, measured as far as the wall's
+        # tube would (beyond the lumen's own reach it is a true distance > 20 mm instead of 1e4:
+        # the same sign, and a clearance far above its cap)
+        airways = [ls.polyline_distance(p, self.trachea_line, 30.0), *(ls.polyline_distance(p, br, 27.5) for br in self.bronchi)]
+        trachea = ls.union(airways[0] - 10.0, *(d - 7.5 for d in airways[1:]))
+        lumen = ls.union(airways[0] - 8.0, *(d - 5.5 for d in airways[1:]))
         esophagus = ls.tube(p, self.esophagus_line, 8.0)
         vertebra = ls.elliptic_cylinder(p, 0.0, self.y_vertebra, 21.0, 18.0)
         canal = ls.elliptic_cylinder(p, 0.0, self.y_canal, 9.0, 9.0)
@@ -330,15 +378,12 @@ class Anatomy:
         rib_ring = ls.subtract(ls.elliptic_cylinder(p, 0.0, 0.0, 0.93 * a, 0.93 * b), ls.elliptic_cylinder(p, 0.0, 0.0, 0.93 * a - 9, 0.93 * b - 9))
         ribs = ls.intersect(rib_ring, ls.z_bands(p, 26.0, 10.0), p[..., 1] + 0.45 * b)  # no ribs anteriorly (cartilage)
         diaphragm = compact_ellipsoid((0.0, 0.0, -175.0), (a, b, 100.0))
-        tumour = compact_tumour(P.tumour)
+        tumour, tumour_layers, rho = self._tumour_layers(p, extent)
         node = compact_ellipsoid(P.node_centre, (P.node_radius,) * 3) if P.node_centre else extent.far()
         carve = ls.union(mediastinum, heart - 4.0, aorta - 3.0, svc - 3.0, pulmonary - 3.0, trachea - 3.0, esophagus - 3.0, diaphragm, vertebra - 4.0)
         lung_r = ls.subtract(ls.intersect(ls.ellipsoid(p, *self.lungs["LUNG_R"]), chest_wall), carve, tumour, node)
         lung_l = ls.subtract(ls.intersect(ls.ellipsoid(p, *self.lungs["LUNG_L"]), chest_wall), carve, tumour, node)
 
-        # only tumour voxels read rho (FDG heterogeneity); elsewhere it only has to exceed 1
-        rho = extent.local(p, P.tumour.centre, P.tumour.max_radius(), P.tumour.normalised_radius)
-        hyp = compact_ellipsoid(P.hypoxic_centre, (P.hypoxic_radius,) * 3)
 
         tissue = np.zeros(p.shape[:-1], dtype=np.uint8)
         paint = [
@@ -351,9 +396,7 @@ class Anatomy:
             (Tissue.AIRWAY_WALL, ls.intersect(trachea, inner)), (Tissue.AIRWAY_LUMEN, ls.intersect(lumen, inner)),
             (Tissue.ESOPHAGUS, esophagus), (Tissue.VERTEBRA, vertebra), (Tissue.DISC, discs),
             (Tissue.POSTERIOR_ELEMENTS, posterior), (Tissue.CANAL, canal), (Tissue.CORD, cord),
-            (Tissue.NODE, node), (Tissue.TUMOUR_VIABLE, tumour),
-            (Tissue.TUMOUR_HYPOXIC, ls.intersect(tumour, hyp)),
-            (Tissue.TUMOUR_NECROTIC, ls.intersect(tumour, rho - P.necrotic_fraction) if P.necrotic_fraction > 0 else np.full(p.shape[:-1], 1e4)),
+            (Tissue.NODE, node), *tumour_layers,
         ]
         for label, field_ in paint:
             tissue[field_ < 0] = label
@@ -362,6 +405,53 @@ class Anatomy:
             "BODY": body, "LUNG_L": lung_l, "LUNG_R": lung_r, "SPINAL_CORD": cord,
             "ESOPHAGUS": ls.subtract(esophagus, vertebra), "HEART": heart, "AORTA": aorta,
             "GTV": compact_tumour(P.observer_gtv), "GTV_TRUE": tumour,
-            "GTV_NODE": node, "HYPOXIC": ls.intersect(tumour, hyp),
+            "GTV_NODE": node, "HYPOXIC": tumour_layers[1][1],
         }
-        return AnatomySample(tissue=tissue, rho=rho, structures=structures, points=p, waves=P.texture_waves)
+        sample = AnatomySample(tissue=tissue, rho=rho, structures=structures, points=p, waves=P.texture_waves)
+        if clearance:
+            sample.clearance = self.clearance(p, [f for _, f in paint] + list(structures.values()))
+        return sample
+
+    def _tumour_layers(self, p: Points, extent: _Extent) -> tuple[LevelSet, list[tuple[Tissue, LevelSet]], NDArray[np.float64]]:
+        """The tumour's level set, its painted layers (viable, hypoxic, necrotic: the last three
+        in painting order) and rho."""
+        P = self.p
+        # only tumour voxels read rho (FDG heterogeneity); elsewhere it only has to exceed 1
+        tumour, rho = extent.local_pair(p, P.tumour.centre, P.tumour.max_radius(), P.tumour.levelset_and_rho)
+        hyp = extent.local(p, P.hypoxic_centre, P.hypoxic_radius, lambda q: ls.ellipsoid(q, P.hypoxic_centre, (P.hypoxic_radius,) * 3))
+        necrotic = ls.intersect(tumour, rho - P.necrotic_fraction) if P.necrotic_fraction > 0 else np.full(p.shape[:-1], 1e4)
+        layers = [(Tissue.TUMOUR_VIABLE, tumour), (Tissue.TUMOUR_HYPOXIC, ls.intersect(tumour, hyp)), (Tissue.TUMOUR_NECROTIC, necrotic)]
+        return tumour, layers, rho
+
+    def evaluate_tumour(self, p: Points) -> AnatomySample:
+        """The tumour alone: its tissues (0 elsewhere) and rho, no structures.
+
+        The tumour is painted last, so wherever ``tissue`` is a tumour tissue it equals
+        :meth:`evaluate`'s, as do rho and the FDG uptake there. Why: the 0.5 mm truth raster
+        over the tumour (1.8 M points) cost 1.5 s through the whole thorax.
+        """
+        tissue = np.zeros(p.shape[:-1], dtype=np.uint8)
+        _, layers, rho = self._tumour_layers(p, _Extent(p))
+        for label, field_ in layers:
+            tissue[field_ < 0] = label
+        return AnatomySample(tissue=tissue, rho=rho, structures={}, points=p, waves=self.p.texture_waves)
+
+    def clearance(self, p: Points, fields: list[LevelSet]) -> NDArray[np.float64]:
+        """A lower bound (mm) on the distance from ``p`` to any point where a sign of ``fields``
+        (this model's level sets evaluated at ``p``) differs.
+
+        Tissue and structure membership are the signs of ``fields``, min/max combinations of
+        primitives. Where every primitive is Lipschitz-``LIPSCHITZ`` a sign cannot change within
+        ``|field| / LIPSCHITZ`` mm. The lobulated tumour and observer GTV are not (their radial
+        harmonics up to degree 10 tilt the level set by 2x and more), and rho (normalised) is no
+        distance: they keep one sign outside their bounding balls, so the distance to each ball
+        bounds the clearance too (zero inside: tumour voxels always get the full partial volume).
+        """
+        out = np.full(p.shape[:-1], self.MAX_CLEARANCE_MM)
+        for f in fields:
+            np.minimum(out, np.abs(f) * (1.0 / self.LIPSCHITZ), out=out)
+        for shape in (self.p.tumour, self.p.observer_gtv):
+            d = p - np.asarray(shape.centre)
+            ball = np.sqrt(d[..., 0] ** 2 + d[..., 1] ** 2 + d[..., 2] ** 2) - shape.max_radius()
+            np.minimum(out, np.maximum(ball, 0.0), out=out)
+        return out

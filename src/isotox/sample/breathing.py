@@ -114,6 +114,27 @@ class Breathing:
             out[..., axis] = (self.weight(p + e) - self.weight(p - e)) / (2 * h)
         return out
 
+    def local_lipschitz(self, q: Points, radius: float) -> NDArray[np.float64]:
+        """An upper bound of |d(a) - d(b)| / |a - b| for a, b within ``radius`` mm of each point ``q``.
+
+        w's three factors only change in their ramps (smootherstep, steepest slope 1.875 over its
+        band; the wall and spine level sets are 1-Lipschitz, the factors lie in [0, 1]), so a
+        ball that misses a ramp adds nothing: outside the rib cage, deep in the thorax content,
+        the pull-back is a pure shift. The scanner uses this to bound a voxel's size after the
+        pull-back without pulling back every sub-point.
+        """
+        q = np.asarray(q, dtype=float)
+        wall = ls.elliptic_cylinder(q, 0.0, 0.0, self.rib_a, self.rib_b)
+        spine = self._spine(q) - self.spine_clear_mm
+
+        def ramp(value: NDArray[np.float64], lo: float, hi: float, slope: float) -> NDArray[np.float64]:
+            return np.where((value > lo - radius) & (value < hi + radius), slope, 0.0)
+
+        slope = (ramp(wall, -self.wall_band_mm, 0.0, 1.875 / self.wall_band_mm)
+                 + ramp(spine, 0.0, self.spine_band_mm, 1.875 / self.spine_band_mm)
+                 + ramp(q[..., 2], self.apex_z0_mm, self.apex_z1_mm, (1.0 - self.apex_floor) * 1.875 / (self.apex_z1_mm - self.apex_z0_mm)))
+        return float(np.linalg.norm(self.shift_mm)) * slope
+
     def jacobian_determinant(self, q: Points) -> NDArray[np.float64]:
         """det of the pull-back q -> q - d(q): 1 - shift . grad w (> 0: the field never folds)."""
         return 1.0 - self.weight_gradient(q) @ np.asarray(self.shift_mm)

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from isotox.atomic import write_text
 from isotox.sample.clinical import simulate_clinical
 from isotox.sample.patient import ENROLMENT_FILE, patient_id, write_sample_patient
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def write_cohort_tables(out_dir: str | Path, truth_files: list[str | Path], seed: int) -> dict[str, Path]:
@@ -21,6 +22,8 @@ def write_cohort_tables(out_dir: str | Path, truth_files: list[str | Path], seed
     clinical, qol, model_truth = simulate_clinical(truths, seed)
     # the cohort sheet is the patients' own enrolment records (the rows the plans read), in index order
     order = sorted(range(len(truths)), key=lambda k: truths[k]["index"])
+    import pandas as pd  # here: a patient job (isotox.sample.write_sample_patient) never loads pandas (0.5 s CPU)
+
     sheet = pd.concat([_enrolment_row(Path(truth_files[k]).parent) for k in order], ignore_index=True)
     if list(sheet["arm"]) != list(clinical["arm"]):
         raise RuntimeError(f"enrolment records disagree with the clinical simulation's arms ({out_dir}): regenerate the sample patients")
@@ -37,6 +40,8 @@ def _enrolment_row(patient_dir: Path) -> pd.DataFrame:
     path = patient_dir / ENROLMENT_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: the sample patient predates enrolment records; delete {patient_dir} and rerun")
+    import pandas as pd
+
     row = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
     row["dicom_dir"] = [str(patient_dir / d) for d in row["dicom_dir"]]  # the record's folder-relative path, as the sheet's
     return row
