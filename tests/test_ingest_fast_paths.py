@@ -158,3 +158,40 @@ def test_dce_frames_stored_as_int16_only_when_lossless() -> None:
     assert _as_int16_when_lossless(halves)[2] is halves[2]
     beyond = [frame(np.full((4, 6, 5), 40000.0))]
     assert _as_int16_when_lossless(beyond)[0].GetPixelID() == sitk.sitkFloat32
+
+
+def test_scanline_fill_equals_scikit_image_polygon_on_grid_aligned_contours() -> None:
+    """The RTSTRUCT raster (scanline even-odd fill) against scikit-image's polygon fill, XOR-ed per
+    contour, the peer the reader used before: equal voxel for voxel on contours whose vertices and
+    edges fall exactly on voxel centres (axis-aligned squares with integer corners, a diamond, a
+    figure with a hole, a contour crossing the image border) and on random polygons. Nearest wrong
+    answer: the parity rule alone, which leaves centres on right or top edges outside; it differs on
+    these shapes (asserted), so equality rejects it."""
+    from skimage.draw import polygon
+
+    from isotox.dicomio.rtstruct_reader import contours_to_mask, odd_crossings
+
+    grid = ImageGrid((24, 20, 3), (1.0, 1.0, 2.0), (0.0, 0.0, 0.0))
+    rng = np.random.default_rng(11)
+    shapes = [
+        [(2, 2), (9, 2), (9, 7), (2, 7)],             # integer corners: edges through centre rows/columns
+        [(12, 3), (16, 7), (12, 11), (8, 7)],          # diamond: vertices on centres
+        [(1, 10), (10, 10), (10, 18), (1, 18)], [(3, 12), (6, 12), (6, 15), (3, 15)],  # a hole
+        [(18, -3), (26, 5), (18, 13)],                  # beyond the border
+        [(4.5, 3.25), (7.0, 9.0), (2.0, 5.5)],
+    ] + [[(float(x), float(y)) for x, y in rng.uniform(-1, 21, size=(7, 2))] for _ in range(5)]
+    polys = [np.array([[x, y, 2.0] for x, y in s]) for s in shapes]  # all on slice k = 1
+    expected = np.zeros(grid.shape, bool)
+    for p in polys:
+        plane = np.zeros(grid.shape[1:], bool)
+        rr, cc = polygon(p[:, 1], p[:, 0], grid.shape[1:])
+        plane[rr, cc] = True
+        expected[1] ^= plane
+    got = contours_to_mask(grid, polys, [], "test")
+    assert np.array_equal(got, expected)
+    nk, nj, ni = grid.shape
+    edges = np.vstack([np.column_stack([p[:, 0], p[:, 1], np.roll(p[:, 0], -1), np.roll(p[:, 1], -1), np.full(len(p), 1.0)]) for p in polys])
+    toggles = np.zeros((nk, nj, ni + 1), dtype=np.uint8)
+    toggles.reshape(-1)[odd_crossings(edges, nj, ni)] = 1
+    parity_only = np.bitwise_xor.accumulate(toggles[..., :ni], axis=2).view(bool)
+    assert not np.array_equal(parity_only, expected)
