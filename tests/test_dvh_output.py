@@ -41,3 +41,17 @@ def test_subdivided_grid_has_the_sub_voxel_centres_and_volume() -> None:
     assert fine_mask.sum() * fine.voxel_volume_mm3 == mask.sum() * grid.voxel_volume_mm3
     shifted = np.sort(np.asarray(grid.origin) + kji[:, ::-1] * np.asarray(fine.spacing), axis=0)
     assert not np.allclose(shifted, np.sort(np.asarray(expected), axis=0))
+
+
+def test_pydicom_is_imported_without_requests_and_requests_still_imports() -> None:
+    """``isotox dvh`` imports pydicom with ``requests`` hidden (its downloader's import was a sixth of
+    the command's CPU): in a fresh interpreter pydicom loads, ``requests`` is not loaded by it, and
+    an explicit ``import requests`` afterwards works (the wrong answer, leaving the ``None`` marker
+    in ``sys.modules``, would make that import fail)."""
+    import subprocess
+    import sys
+
+    script = ("import sys; from isotox.cli import _import_pydicom_offline; _import_pydicom_offline(); "
+              "assert 'pydicom' in sys.modules and 'requests' not in sys.modules; import requests; print('ok')")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr

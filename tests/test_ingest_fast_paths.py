@@ -169,7 +169,8 @@ def test_scanline_fill_equals_scikit_image_polygon_on_grid_aligned_contours() ->
     these shapes (asserted), so equality rejects it."""
     from skimage.draw import polygon
 
-    from isotox.dicomio.rtstruct_reader import contours_to_mask, odd_crossings
+    import isotox.dicomio.rtstruct_reader as reader
+    from isotox.dose.rt_dvh import fill_even_odd
 
     grid = ImageGrid((24, 20, 3), (1.0, 1.0, 2.0), (0.0, 0.0, 0.0))
     rng = np.random.default_rng(11)
@@ -187,11 +188,10 @@ def test_scanline_fill_equals_scikit_image_polygon_on_grid_aligned_contours() ->
         rr, cc = polygon(p[:, 1], p[:, 0], grid.shape[1:])
         plane[rr, cc] = True
         expected[1] ^= plane
-    got = contours_to_mask(grid, polys, [], "test")
-    assert np.array_equal(got, expected)
-    nk, nj, ni = grid.shape
-    edges = np.vstack([np.column_stack([p[:, 0], p[:, 1], np.roll(p[:, 0], -1), np.roll(p[:, 1], -1), np.full(len(p), 1.0)]) for p in polys])
-    toggles = np.zeros((nk, nj, ni + 1), dtype=np.uint8)
-    toggles.reshape(-1)[odd_crossings(edges, nj, ni)] = 1
-    parity_only = np.bitwise_xor.accumulate(toggles[..., :ni], axis=2).view(bool)
+    assert np.array_equal(reader.contours_to_mask(grid, polys, [], "test"), expected)
+    dvh_mask, _ = fill_even_odd(grid, polys)  # isotox dvh's raster: the same rule
+    assert np.array_equal(dvh_mask, expected)
+    with pytest.MonkeyPatch.context() as patch:  # the parity rule alone: no centre on an edge added
+        patch.setattr(reader, "_on_edges", lambda edges, nk, nj, ni: (np.zeros(0, np.intp), np.zeros(0, np.intp)))
+        parity_only = reader.contours_to_mask(grid, polys, [], "test")
     assert not np.array_equal(parity_only, expected)

@@ -3,8 +3,8 @@
 Each structure is rasterised once on its own grid: the contour planes in z (the slice positions
 the contours were drawn on) and half the dose-grid spacing in-plane (the dose spacing itself for
 a structure as large as the body, ``LARGE_BOX_VOXELS``), over the extent of its contours; each
-voxel is then sampled once in the dose (2 x 2 x 2 for a small structure, ``roi_dvh``). The structure volume therefore depends on the contours only, not on the dose
-grid's extent or resolution.
+voxel is then sampled once in the dose (2 x 2 x 2 for a small structure, ``roi_dvh``). The
+structure volume therefore depends on the contours only, not on the dose grid's extent.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from numpy.typing import NDArray
 
 from isotox.dicomio.reading import NotDicomError, read_dataset
 from isotox.dicomio.rtdose import read_rtdose
-from isotox.dicomio.rtstruct_reader import contour_values, odd_crossings, self_intersections_each
+from isotox.dicomio.rtstruct_reader import contour_values, fill_index_space, self_intersections_each
 from isotox.dose.dvh import Dvh, dvh_from_mask, dvh_rows
 from isotox.errors import InputDataError
 from isotox.geometry import ImageGrid
@@ -70,17 +70,14 @@ def grid_around(points: list[NDArray[np.float64]], dose_grid: ImageGrid, z0: flo
 
 def fill_even_odd(grid: ImageGrid, polygons: list[NDArray[np.float64]]) -> tuple[NDArray[np.bool_], int]:
     """Planar contours ((N, 3) LPS) rasterised on the axial ``grid`` by the even-odd rule, directly in
-    index space: a voxel is inside when an odd number of contour edges of its plane cross its row
-    left of its centre (edges count on the half-open rule, as any scanline fill). Returns the mask
-    and the number of contours off the slice planes by more than 0.1 slice.
+    index space (``fill_index_space``, the RTSTRUCT reader's fill: centres on an edge are inside).
+    Returns the mask and the number of contours off the slice planes by more than 0.1 slice.
 
-    Why: a point-in-polygon test per pixel of every contour's box (skimage) cost ~O(pixels x
-    vertices) per contour; one toggle per edge crossing (``odd_crossings``, every contour of the ROI
-    at once) and an exclusive-or accumulation along each row is O(pixels + crossings)."""
-    nk, nj, ni = grid.shape
-    toggles = np.zeros((nk, nj, ni + 1), dtype=np.uint8)
+    Why every contour of the ROI at once: per-contour numpy calls cost ~0.1-0.2 ms each, and the
+    index conversion is one affine step on the stacked points (the grid is axis-aligned)."""
+    nk = grid.shape[0]
     if not polygons:
-        return toggles[..., :ni].view(bool), 0
+        return np.zeros(grid.shape, dtype=bool), 0
     points, starts, sizes = _stacked(polygons)
     kf = (_plane_means(points, starts, sizes) - grid.origin[2]) / grid.spacing[2]
     k = np.rint(kf)
@@ -90,11 +87,10 @@ def fill_even_odd(grid: ImageGrid, polygons: list[NDArray[np.float64]]) -> tuple
     x = (points[:, 0] - grid.origin[0]) / grid.spacing[0]
     y = (points[:, 1] - grid.origin[1]) / grid.spacing[1]
     plane = np.repeat(k, sizes)
+    contour = np.repeat(np.arange(len(polygons)), sizes)
     on_grid = (plane >= 0) & (plane < nk)
-    if on_grid.any():
-        edges = np.column_stack([x, y, x[following], y[following], plane])[on_grid]
-        toggles.reshape(-1)[odd_crossings(edges, nj, ni)] = 1
-    return np.bitwise_xor.accumulate(toggles[..., :ni], axis=2).view(bool), off_plane
+    edges = np.column_stack([x, y, x[following], y[following], plane, contour])[on_grid]
+    return fill_index_space(edges, grid.shape), off_plane
 
 
 def _stacked(polygons: list[NDArray[np.float64]]) -> tuple[NDArray[np.float64], NDArray[np.intp], NDArray[np.intp]]:
