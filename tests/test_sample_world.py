@@ -255,3 +255,49 @@ def test_sample_sessions_record_their_breathing_and_show_it(sample_run: Path) ->
             rigid_only = pose.apply(c)  # where a render without the breathing would put it
             assert abs((rigid_only - centre_s) @ along) >= 5.0 - 1e-6
             json.dumps(s["breathing"])  # plain JSON
+
+
+def test_arms_down_sessions_show_the_arms_that_the_planning_ct_has_not(sample_run: Path) -> None:
+    """A PET/CT scanned with the arms down shows a humerus beside the chest where the planning CT
+    (arms raised) has air: per arms-down session, at the recorded humerus axes (planning mm, carried by
+    the session's pose; z at the tumour and 40 mm either side), the session CT reads > 400 HU (bone,
+    700 HU in the model, low-dose noise ~22 HU), wherever the point is inside its field of view (the
+    small preset's 450 mm field cuts a wide patient's arms), and the planning CT reads < -900 HU.
+
+    Nearest wrong answers, rejected: a generator that ignores the arm position (the session reads air or
+    the field-of-view edge, < -900 HU) or draws the arms on every scan (the planning CT reads bone).
+    The sample run must hold at least one arms-down session with a humerus inside its field of view,
+    so the registration tests run over a scan whose body differs from the planning CT's."""
+    import SimpleITK as sitk
+
+    from isotox.geometry import RigidTransform
+
+    from tests.conftest import sample_patients
+
+    def hu_at(image: sitk.Image, point: np.ndarray) -> float | None:
+        index = image.TransformPhysicalPointToContinuousIndex(tuple(float(v) for v in point))
+        size = image.GetSize()
+        if not all(0 <= round(i) < n for i, n in zip(index, size)):
+            return None
+        return float(image.GetPixel([int(round(i)) for i in index]))
+
+    seen = 0
+    for truth, patient in sample_patients(sample_run):
+        planning = sitk.ReadImage(str(patient / "ingest" / "planning_ct.nii.gz"))
+        z0 = truth["tumour"]["centre_mm"][2]
+        for key, s in truth["sessions"].items():
+            if s["arms"]["position"] != "down":
+                continue
+            t = s["planning_to_session"]
+            pose = RigidTransform(tuple(np.radians(t["angles_deg"])), tuple(t["translation_mm"]), tuple(t["centre_mm"]))
+            session_ct = sitk.ReadImage(str(patient / "ingest" / f"{key}_ct.nii.gz"))
+            for x, y in s["arms"]["humerus_axes_xy_mm"]:
+                for z in (z0 - 40.0, z0, z0 + 40.0):
+                    point = np.array([x, y, z])
+                    planning_hu = hu_at(planning, point)
+                    assert planning_hu is None or planning_hu < -900.0, (truth["patient_id"], key, point, planning_hu)
+                    session_hu = hu_at(session_ct, pose.apply(point[None, :])[0])
+                    if session_hu is not None:
+                        assert session_hu > 400.0, (truth["patient_id"], key, point, session_hu)
+                        seen += 1
+    assert seen >= 1, "no arms-down session with a humerus inside its field of view in the sample run"

@@ -47,6 +47,7 @@ class Tissue(IntEnum):
     TUMOUR_HYPOXIC = 19
     BLOOD_VENOUS = 20  # superior vena cava: the contrast arrives here first, from the arm vein
     BLOOD_RIGHT = 21  # right heart chambers and pulmonary arteries (before the pulmonary transit)
+    HUMERUS = 22  # upper-arm bone: only in a scan with the arms down by the sides
 
 
 TUMOUR_TISSUES = (Tissue.TUMOUR_VIABLE, Tissue.TUMOUR_NECROTIC, Tissue.TUMOUR_HYPOXIC)
@@ -296,8 +297,26 @@ class _Extent:
         return tuple(outs)
 
 
+@dataclass(frozen=True)
+class ArmsDown:
+    """Both upper arms by the patient's sides (a diagnostic PET/CT without the radiotherapy
+    immobilisation; the planning CT has them raised above the head, out of the thorax).
+
+    Each arm is an elliptic cylinder along z, ``gap_mm`` lateral of the trunk (the arms touch the
+    skin at 0 mm, which joins them to the body mask), with a humerus inside. Lengths in mm."""
+
+    gap_mm: float
+    radii_mm: tuple[float, float] = (38.0, 42.0)
+    humerus_radius_mm: float = 11.0
+
+    def centres(self, body_a: float, body_b: float) -> list[tuple[float, float]]:
+        x = body_a + self.gap_mm + self.radii_mm[0]
+        return [(-x, 0.1 * body_b), (x, 0.1 * body_b)]
+
+
 class Anatomy:
-    """Evaluates one patient's :class:`AnatomyParams` at physical points (LPS mm)."""
+    """Evaluates one patient's :class:`AnatomyParams` at physical points (LPS mm); ``arms`` is
+    the scan's arm position (None: raised, out of the thorax, as on the planning CT)."""
 
     #: RTSTRUCT structures (canonical names) and their RT ROI interpreted types.
     CONTOURED = {
@@ -305,8 +324,9 @@ class Anatomy:
         "ESOPHAGUS": "ORGAN", "HEART": "ORGAN", "AORTA": "ORGAN", "GTV": "GTV", "GTV_NODE": "GTV",
     }
 
-    def __init__(self, params: AnatomyParams) -> None:
+    def __init__(self, params: AnatomyParams, arms: ArmsDown | None = None) -> None:
         self.p = params
+        self.arms = arms
         a, b = params.body_a, params.body_b
         # posterior structures are placed relative to the back of the body (y = b)
         self.y_vertebra, self.y_canal, self.y_posterior = b - 58.0, b - 31.0, b - 21.0
@@ -398,6 +418,8 @@ class Anatomy:
             (Tissue.POSTERIOR_ELEMENTS, posterior), (Tissue.CANAL, canal), (Tissue.CORD, cord),
             (Tissue.NODE, node), *tumour_layers,
         ]
+        if self.arms is not None:
+            paint[2:2] = self._arm_layers(p)  # after the trunk's skin and fat, before everything inside the trunk
         for label, field_ in paint:
             tissue[field_ < 0] = label
 
@@ -411,6 +433,18 @@ class Anatomy:
         if clearance:
             sample.clearance = self.clearance(p, [f for _, f in paint] + list(structures.values()))
         return sample
+
+    def _arm_layers(self, p: Points) -> list[tuple[Tissue, LevelSet]]:
+        """The arms' painted layers: soft tissue, a subcutaneous fat ring (8 mm) and the humerus."""
+        assert self.arms is not None
+        (rx, ry), rh = self.arms.radii_mm, self.arms.humerus_radius_mm
+        arms, inner, bone = [], [], []
+        for cx, cy in self.arms.centres(self.p.body_a, self.p.body_b):
+            arms.append(ls.elliptic_cylinder(p, cx, cy, rx, ry))
+            inner.append(ls.elliptic_cylinder(p, cx, cy, rx - 8.0, ry - 8.0))
+            bone.append(ls.elliptic_cylinder(p, cx, cy, rh, rh))
+        arm, arm_inner = ls.union(*arms), ls.union(*inner)
+        return [(Tissue.SOFT, arm), (Tissue.FAT, ls.subtract(arm, arm_inner)), (Tissue.HUMERUS, ls.union(*bone))]
 
     def _tumour_layers(self, p: Points, extent: _Extent) -> tuple[LevelSet, list[tuple[Tissue, LevelSet]], NDArray[np.float64]]:
         """The tumour's level set, its painted layers (viable, hypoxic, necrotic: the last three

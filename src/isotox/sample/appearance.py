@@ -22,6 +22,7 @@ _HU = {
     T.MYOCARDIUM: 45, T.BLOOD: 40, T.AIRWAY_WALL: 40, T.AIRWAY_LUMEN: -990, T.ESOPHAGUS: 40,
     T.VERTEBRA: 230, T.DISC: 85, T.POSTERIOR_ELEMENTS: 450, T.CANAL: 15, T.CORD: 35, T.NODE: 40,
     T.TUMOUR_VIABLE: 38, T.TUMOUR_NECROTIC: 18, T.TUMOUR_HYPOXIC: 35, T.BLOOD_VENOUS: 40, T.BLOOD_RIGHT: 40,
+    T.HUMERUS: 700,
 }
 _TEXTURE_HU = {T.LUNG: 45.0, T.SOFT: 8.0, T.FAT: 8.0, T.MEDIASTINAL_FAT: 8.0, T.VERTEBRA: 30.0}
 
@@ -93,7 +94,7 @@ class FdgUptake:
             T.SOFT: 0.75, T.FAT: 0.35, T.MEDIASTINAL_FAT: 0.5, T.LUNG: 0.4, T.RIB: 0.9,
             T.MYOCARDIUM: self.myocardium, T.BLOOD: self.blood, T.BLOOD_VENOUS: self.blood, T.BLOOD_RIGHT: self.blood, T.AIRWAY_WALL: 0.8, T.ESOPHAGUS: 1.8,
             T.VERTEBRA: 1.7, T.DISC: 0.9, T.POSTERIOR_ELEMENTS: 1.2, T.CANAL: 0.6, T.CORD: 1.0,
-            T.NODE: self.node, T.TUMOUR_NECROTIC: 0.12 * self.tumour_peak,
+            T.NODE: self.node, T.TUMOUR_NECROTIC: 0.12 * self.tumour_peak, T.HUMERUS: 0.9,
         })
         out = table[sample.tissue]
         viable = (sample.tissue == T.TUMOUR_VIABLE) | (sample.tissue == T.TUMOUR_HYPOXIC)
@@ -114,7 +115,7 @@ class Hx4Uptake:
             T.SOFT: 1.0, T.FAT: 0.5, T.MEDIASTINAL_FAT: 0.6, T.LUNG: 0.45, T.RIB: 0.8, T.MYOCARDIUM: 1.05,
             T.BLOOD: 1.0, T.BLOOD_VENOUS: 1.0, T.BLOOD_RIGHT: 1.0, T.AIRWAY_WALL: 0.9, T.ESOPHAGUS: 1.1, T.VERTEBRA: 0.9, T.DISC: 0.8,
             T.POSTERIOR_ELEMENTS: 0.8, T.CANAL: 0.7, T.CORD: 0.9, T.NODE: 1.1,
-            T.TUMOUR_VIABLE: self.tbr_normoxic_tumour, T.TUMOUR_NECROTIC: 0.7, T.TUMOUR_HYPOXIC: self.tbr_hypoxic,
+            T.TUMOUR_VIABLE: self.tbr_normoxic_tumour, T.TUMOUR_NECROTIC: 0.7, T.TUMOUR_HYPOXIC: self.tbr_hypoxic, T.HUMERUS: 0.8,
         })
         return self.blood_suv * tbr[sample.tissue]
 

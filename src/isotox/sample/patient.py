@@ -30,7 +30,7 @@ from isotox.dicomio.uids import stable_uid
 from isotox.geometry import ImageGrid, RigidTransform
 from isotox.sample import appearance, scanner
 from isotox.sample.clinical import enrolment
-from isotox.sample.anatomy import TUMOUR_TISSUES, Anatomy, Tissue, TumourShape, draw_anatomy
+from isotox.sample.anatomy import TUMOUR_TISSUES, Anatomy, AnatomyParams, ArmsDown, Tissue, TumourShape, draw_anatomy
 from isotox.sample.breathing import Breathing, draw_breathing
 from isotox.sample.kinetics import STEP_S, BloodPools, tissue_curve
 from isotox.sample.presets import Preset, get_preset
@@ -76,11 +76,21 @@ class Session:
     day: datetime
     fov_offset_mm: tuple[float, float, float] = (0.0, 0.0, 0.0)  # scanner field of view not centred on the planning point
     breathing: Breathing | None = None  # the session's breathing state relative to the planning CT (None: the planning CT's)
+    arms: ArmsDown | None = None  # arms by the sides (None: raised above the head, as on the planning CT)
 
     def to_session(self, points: NDArray[np.float64]) -> NDArray[np.float64]:
         """The true planning -> session mapping: breathing displacement, then the rigid pose."""
         pts = np.asarray(points, dtype=float)
         return self.pose.apply(self.breathing.push(pts) if self.breathing is not None else pts)
+
+
+def _arms_truth(s: Session, params: AnatomyParams) -> dict[str, Any]:
+    """The session's arm position as a test needs it: the humerus axes (x, y) in planning-CT mm,
+    parallel to z (the session's pose carries them into the session)."""
+    if s.arms is None:
+        return {"position": "up"}
+    return {"position": "down", "gap_mm": s.arms.gap_mm, "radii_mm": list(s.arms.radii_mm), "humerus_radius_mm": s.arms.humerus_radius_mm,
+            "humerus_axes_xy_mm": [list(c) for c in s.arms.centres(params.body_a, params.body_b)]}
 
 
 def _draw_pose(rng: np.random.Generator, max_shift: tuple[float, float, float], max_deg: float) -> RigidTransform:
@@ -315,6 +325,14 @@ def _not_contoured(index: int) -> list[str]:
     return {1: ["AORTA"], 2: ["LUNGS"], 3: ["AORTA", "LUNGS"], 0: []}[index % 4]
 
 
+def _arms_down_sessions(index: int, rng: np.random.Generator) -> set[str]:
+    """The PET/CT sessions scanned with the arms down: the diagnostic FDG PET/CT of every odd
+    patient (so every cohort of 1 or more patients has one), each HX4 scan with probability 0.25.
+    The planning CT and the DCE-CT are in the treatment position (arms raised)."""
+    down = {"fdg"} if index % 2 == 1 else set()
+    return down | {name for name in ("hx4_2h", "hx4_4h") if rng.random() < 0.25}
+
+
 def _dce_frame_times() -> NDArray[np.float64]:
     """4 baseline frames, 3-s sampling through the first pass, then sparser to 150 s (26 frames)."""
     return np.concatenate([[0.0, 3.0, 6.0, 9.0], np.arange(12.0, 61.0, 3.0), [75.0, 90.0, 105.0, 120.0, 150.0]])
@@ -408,6 +426,11 @@ def _write_patient(out: Path, index: int, seed: int, preset: Preset) -> dict[str
     # and scanned free-breathing again: its own pose and its own breathing state
     sessions["hx4_4h"] = Session("hx4_4h", sessions["hx4_2h"].study_uid, stable_uid(*key, "hx4_4h", "for"), _draw_pose(rng, (15.0, 15.0, 20.0), 5.0),
                                  sessions["hx4_2h"].day, fov(25.0, 20.0), breathe())
+    # arm positions, from their own stream (the rest of the patient is drawn as before): arms down
+    # put bone, muscle and fat beside the chest that the planning CT does not have
+    arms_rng = np.random.default_rng([seed, index, 31])
+    for name in sorted(_arms_down_sessions(index, arms_rng)):
+        sessions[name] = replace(sessions[name], arms=ArmsDown(gap_mm=float(arms_rng.uniform(0.0, 15.0))))
     who = lambda s: PatientStudy(pid, f"Sample^{index:03d}", da(birth), sex, s.study_uid, da(s.day), "080000.000000", accession=f"A{index:03d}{s.key[:3].upper()}")  # noqa: E731
     dicom = out / "dicom"
     folder = lambda *parts: dicom / stable_uid(*key, *parts, "dir")[-12:]  # noqa: E731  opaque folder names
@@ -477,12 +500,13 @@ def _write_patient(out: Path, index: int, seed: int, preset: Preset) -> dict[str
         z_c = float(params.tumour.centre[2]) * 0.5
         ct_grid = _session_grid(preset.session_ct_size, preset.session_ct_spacing, s.pose, z_c, s.fov_offset_mm)
         pet_grid = _session_grid(preset.pet_size, preset.pet_spacing, s.pose, z_c, s.fov_offset_mm)
-        lowdose = scanner.render(ct_grid, anatomy, s.pose, {"hu": lambda smp: look.hu(smp, contrast=False)}, 1, s.breathing)["hu"]
+        scanned = Anatomy(params, s.arms)  # this session's arm position
+        lowdose = scanner.render(ct_grid, scanned, s.pose, {"hu": lambda smp: look.hu(smp, contrast=False)}, 1, s.breathing)["hu"]
         lowdose += _noise(rng, preset.lowdose_noise_hu * look.noise_scale, ct_grid.shape)
         ct_series = SeriesInfo("CT", stable_uid(*key, name, "ct-series"), 10 * number + 11, f"{tracer.split()[0]} PET/CT low-dose CT", da(s.day), tm(plus(start, -120)), s.frame_uid)
         write_ct_series(folder(name, "ct"), ct_grid, [CtFrame(lowdose, tm(plus(start, -120)))], who(s), ct_series, uid_key=(*key, name, "ct"))
 
-        clean = scanner.psf_blur(scanner.render(pet_grid, anatomy, s.pose, {"suv": suv_painter}, preset.pet_supersample, s.breathing)["suv"], pet_grid, preset.psf_fwhm_mm)
+        clean = scanner.psf_blur(scanner.render(pet_grid, scanned, s.pose, {"suv": suv_painter}, preset.pet_supersample, s.breathing)["suv"], pet_grid, preset.psf_fwhm_mm)
         noisy = scanner.pet_noise(rng, clean, preset.pet_cv_at_suv1)
         decayed_dose = dose_bq * math.exp(-math.log(2) * uptake_s / F18_HALF_LIFE_S)
         suv_to_bqml = decayed_dose / (weight_kg * 1000.0)
@@ -506,6 +530,7 @@ def _write_patient(out: Path, index: int, seed: int, preset: Preset) -> dict[str
             "fov_offset_mm": list(s.fov_offset_mm),
             "spine_landmarks_session_mm": [s.to_session(np.asarray(v)).tolist() for v in spine_landmarks],  # bone: the pose alone
             "breathing": _breathing_truth(s, params.tumour.centre),
+            "arms": _arms_truth(s, params),
             "ct_grid": _grid_dict(ct_grid), "pet_grid": _grid_dict(pet_grid),
             "tracer": tracer, "injected_dose_bq": dose_bq, "injection_datetime": dt(injection),
             "series_datetime": dt(start), "uptake_time_s": uptake_s, "weight_kg": weight_kg,
