@@ -17,7 +17,7 @@ Returned parameters, as OSIPI reports them: ``ktrans`` and ``ps`` in /min, ``fp`
 parameter clipped to the edge of its range: kept in the maps, excluded from summaries).
 
 Linear models are solved by linear least squares on their integral forms (Patlak; Murase 2004
-for Tofts / extended Tofts), one small normal-equation system per voxel, batched. 2CXM is fitted
+for Tofts / extended Tofts), one small normal-equation system per voxel and delay, in closed form. 2CXM is fitted
 by a batched Levenberg-Marquardt on its exact bi-exponential impulse response, started from its
 own linear least-squares solution (Flouri et al. 2016), so no multi-start search is needed.
 ``delay="fit"`` searches an arterial delay on a grid and keeps, per voxel, the delay with the
@@ -90,75 +90,126 @@ def _solve_batched(columns: list[NDArray[np.float64]], y: NDArray[np.float64]) -
     return solved / scale
 
 
-def _slope(x: NDArray[np.float64], c: NDArray[np.float64]) -> NDArray[np.float64]:
-    """Least-squares slope of each row of ``c`` on ``x`` ((T,) or one row per voxel), through the origin."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.sum(x * c, axis=-1) / np.sum(x * x, axis=-1)
+def _solve_small(gram: list[list[NDArray[np.float64]]], rhs: list[NDArray[np.float64]]) -> list[NDArray[np.float64]]:
+    """``_solve_batched``'s solve (column scaling, 1e-12 ridge) for P = 2 or 3 in closed form (Cramer),
+    on Gram entries given as broadcastable arrays, e.g. (voxels, 1) and (delays,) -> (voxels, delays).
 
-
-def _patlak_nonnegative(c: NDArray[np.float64], cp: NDArray[np.float64], icp: NDArray[np.float64]) -> tuple[NDArray[np.float64], NDArray[np.bool_]]:
-    """Patlak (Ktrans, vp) per voxel with both >= 0, in /s; and where the constraint was active.
-
-    Non-negative least squares for two unknowns: where the free solution has a negative
-    component, the optimum lies on an edge (Ktrans = 0: blood only; or vp = 0: uptake only);
-    both edges are solved in closed form and the one with the smaller residual is kept. A
-    tissue without uptake (true PS = 0, half of whose noisy fits have Ktrans < 0) thus gets
-    Ktrans = 0 and its vp, flagged as at the bound, instead of a failed fit.
-    """
-    n = c.shape[0]
-    free = _solve_batched([icp, cp], c)
-    violated = np.any(free < 0, axis=1)
-    if not violated.any():
-        return free, violated
-    vp_only = np.maximum(_slope(cp, c), 0.0) * np.ones(n)
-    uptake_only = np.maximum(_slope(icp, c), 0.0) * np.ones(n)
-    sse_vp = np.sum((c - vp_only[:, None] * cp) ** 2, axis=1)
-    sse_uptake = np.sum((c - uptake_only[:, None] * icp) ** 2, axis=1)
-    edge = np.where((sse_vp <= sse_uptake)[:, None], np.stack([np.zeros(n), vp_only], axis=1), np.stack([uptake_only, np.zeros(n)], axis=1))
-    return np.where(violated[:, None], edge, free), violated
-
-
-def _linear(model: str, t: NDArray[np.float64], c: NDArray[np.float64], cp: NDArray[np.float64]) -> dict[str, NDArray[np.float64]]:
-    """Linear least squares; Tofts models fall back to their nested models where noise makes the
-    full solution unphysical (Sourbron & Buckley's nested-model hierarchy):
-
-    * extended Tofts with vp < 0 -> Tofts (vp = 0);
-    * no identifiable washout (kep <= 0, or ve > 1) -> Patlak: Ktrans and vp stay valid, ve is NaN.
-
-    The voxels that fell back are marked in ``reduced`` (1.0), so a map never mixes them silently.
-    """
-    icp = _cumtrapz(cp, t)
-    n = c.shape[0]
-    patlak_b, patlak_bound = _patlak_nonnegative(c, cp, icp)
-    if model == "patlak":
-        return {"ktrans": patlak_b[:, 0] * 60.0, "vp": patlak_b[:, 1], "reduced": np.zeros(n), "at_bound": patlak_bound.astype(float)}
-    ic = _cumtrapz(c, t)
-    tofts_b = _solve_batched([icp, -ic], c)
-    tofts = {"ktrans": tofts_b[:, 0], "kep": tofts_b[:, 1], "vp": np.zeros(n)}
-    if model == "etofts":
-        b = _solve_batched([icp, -ic, cp], c)
-        full = {"kep": b[:, 1], "vp": b[:, 2], "ktrans": b[:, 0] - b[:, 1] * b[:, 2]}
-        use_tofts = full["vp"] < 0
-        est = {k: np.where(use_tofts, tofts[k], full[k]) for k in full}
-        reduced = use_tofts.astype(float)
+    Why: in the delay search each entry is one (voxels, delays) array built from shared products;
+    a batched ``np.linalg.solve`` would first stack them into (voxels * delays, P, P) systems."""
+    p = len(rhs)
+    scale = [np.sqrt(gram[a][a]) + 1e-30 for a in range(p)]
+    g = [[gram[a][b] / (scale[a] * scale[b]) + (1e-12 if a == b else 0.0) for b in range(p)] for a in range(p)]
+    r = [rhs[a] / scale[a] for a in range(p)]
+    if p == 2:
+        det = g[0][0] * g[1][1] - g[0][1] * g[1][0]
+        x = [(r[0] * g[1][1] - g[0][1] * r[1]) / det, (g[0][0] * r[1] - r[0] * g[1][0]) / det]
     else:
-        est, reduced = tofts, np.zeros(n)
+        cof = [[g[(a + 1) % 3][(b + 1) % 3] * g[(a + 2) % 3][(b + 2) % 3] - g[(a + 1) % 3][(b + 2) % 3] * g[(a + 2) % 3][(b + 1) % 3]
+                for b in range(3)] for a in range(3)]  # cofactors of the symmetric matrix (its adjugate)
+        det = g[0][0] * cof[0][0] + g[0][1] * cof[0][1] + g[0][2] * cof[0][2]
+        x = [(cof[a][0] * r[0] + cof[a][1] * r[1] + cof[a][2] * r[2]) / det for a in range(3)]
+    return [x[a] / scale[a] for a in range(p)]
+
+
+def _linear_delays(model: str, t: NDArray[np.float64], c: NDArray[np.float64], shifted: NDArray[np.float64]) -> dict[str, NDArray[np.float64]]:
+    """Linear least squares for every voxel (rows of ``c``, (N, T)) and every delayed AIF (rows of
+    ``shifted``, (D, T)) at once, on the models' integral forms (Patlak; Murase 2004 for Tofts /
+    extended Tofts): parameters as (N, D) arrays. Where noise makes the full solution unphysical
+    the fit falls back to the nested model (Sourbron & Buckley's hierarchy), marked in ``reduced``:
+
+    * Patlak: non-negative least squares for (Ktrans, vp): where the free solution has a negative
+      component the optimum is on an edge (Ktrans = 0: blood only; or vp = 0: uptake only), the
+      edge with the smaller residual is kept and flagged ``at_bound``. A tissue without uptake
+      (half of whose noisy fits want Ktrans < 0) thus gets Ktrans = 0 and its vp, not a failure;
+    * extended Tofts with vp < 0 -> Tofts (vp = 0);
+    * no identifiable washout (kep <= 0, or ve > 1) -> Patlak (extended Tofts; Ktrans and vp stay
+      valid) or C = Ktrans integral(cp), Ktrans >= 0 (Tofts); ve is NaN.
+
+    Why (N, D) at once, not one solve per (voxel, delay) row: the design columns from the AIF (cp_d, its integral)
+    are shared by all voxels and the tissue's (c, its integral) by all delays, so every Gram
+    entry is a scalar per delay (AIF x AIF), a matrix product (N, T) @ (T, D) (tissue x AIF) or
+    a scalar per voxel (tissue x tissue): no tiled (N * D, T) rows, no per-row dot products.
+    The edge residuals of the non-negative Patlak fit follow from the same entries
+    (|c|^2 - 2 b rhs + b^2 g, one column each)."""
+    icp_s = _cumtrapz(shifted, t)
+    cp_m, icp_m = shifted.T, icp_s.T  # (T, D)
+    n = c.shape[0]
+    zeros = np.zeros((n, shifted.shape[0]))
+    c_cp, c_icp = c @ cp_m, c @ icp_m
+    cp_cp, icp_icp, cp_icp = np.einsum("dt,dt->d", shifted, shifted), np.einsum("dt,dt->d", icp_s, icp_s), np.einsum("dt,dt->d", shifted, icp_s)
+    cc = np.einsum("nt,nt->n", c, c)[:, None]
+
+    # Patlak, non-negative: columns (icp, cp)
+    free_k, free_v = _solve_small([[icp_icp, cp_icp], [cp_icp, cp_cp]], [c_icp, c_cp])
+    bound = (free_k < 0) | (free_v < 0)
+    vp_only = np.maximum(c_cp / cp_cp, 0.0)
+    uptake_only = np.maximum(c_icp / icp_icp, 0.0)
+    sse_vp = cc - 2.0 * vp_only * c_cp + vp_only ** 2 * cp_cp
+    sse_uptake = cc - 2.0 * uptake_only * c_icp + uptake_only ** 2 * icp_icp
+    vp_edge = sse_vp <= sse_uptake
+    patlak_k = np.where(bound, np.where(vp_edge, 0.0, uptake_only), free_k)
+    patlak_v = np.where(bound, np.where(vp_edge, vp_only, 0.0), free_v)
+    if model == "patlak":  # the forward model is this linear form (trapezoid integral): its residual from the normal equations
+        sse = cc - 2.0 * (patlak_k * c_icp + patlak_v * c_cp) + patlak_k ** 2 * icp_icp + 2.0 * patlak_k * patlak_v * cp_icp + patlak_v ** 2 * cp_cp
+        return {"ktrans": patlak_k * 60.0, "vp": patlak_v, "reduced": zeros, "at_bound": bound.astype(float), "sse": sse}
+
+    ic = _cumtrapz(c, t)
+    ic_cp, ic_icp = ic @ cp_m, ic @ icp_m
+    c_ic, icic = np.einsum("nt,nt->n", c, ic)[:, None], np.einsum("nt,nt->n", ic, ic)[:, None]
+    # Tofts: columns (icp, -ic)
+    tk, tkep = _solve_small([[icp_icp, -ic_icp], [-ic_icp, icic]], [c_icp, -c_ic])
+    est = {"ktrans": tk, "kep": tkep, "vp": zeros}
+    reduced = zeros
+    if model == "etofts":  # columns (icp, -ic, cp)
+        b0, b1, b2 = _solve_small([[icp_icp, -ic_icp, cp_icp], [-ic_icp, icic, -ic_cp], [cp_icp, -ic_cp, cp_cp]], [c_icp, -c_ic, c_cp])
+        full = {"kep": b1, "vp": b2, "ktrans": b0 - b1 * b2}
+        use_tofts = full["vp"] < 0
+        est = {k: np.where(use_tofts, est[k], full[k]) for k in full}
+        reduced = use_tofts.astype(float)
     ve = est["ktrans"] / est["kep"]
     no_washout = ~(est["kep"] > 0) | ~(ve <= 1.0) | ~(est["ktrans"] > 0)
-    if model == "tofts":  # nested without vp: C = Ktrans * integral(cp), Ktrans >= 0
-        slope = _slope(icp, c)
-        fallback = {"ktrans": np.maximum(slope, 0.0), "vp": np.zeros(n)}
-        fallback_bound = ~(slope > 0)
+    if model == "tofts":
+        slope = c_icp / icp_icp
+        fallback_k, fallback_v, fallback_bound = np.maximum(slope, 0.0), zeros, ~(slope > 0)
     else:
-        fallback = {"ktrans": patlak_b[:, 0], "vp": patlak_b[:, 1]}
-        fallback_bound = patlak_bound
-    ktrans = np.where(no_washout, fallback["ktrans"], est["ktrans"])
-    vp = np.where(no_washout, fallback["vp"], est["vp"])
-    out = {"ktrans": ktrans * 60.0, "ve": np.where(no_washout, np.nan, ve), "reduced": np.maximum(reduced, no_washout.astype(float)),
-           "at_bound": (no_washout & fallback_bound).astype(float)}
+        fallback_k, fallback_v, fallback_bound = patlak_k, patlak_v, bound
+    out = {"ktrans": np.where(no_washout, fallback_k, est["ktrans"]) * 60.0, "ve": np.where(no_washout, np.nan, ve),
+           "reduced": np.maximum(reduced, no_washout.astype(float)), "at_bound": (no_washout & fallback_bound).astype(float)}
     if model == "etofts":
-        out["vp"] = vp
+        out["vp"] = np.where(no_washout, fallback_v, est["vp"])
     return out
+
+
+def _best_linear_delay(model: str, t: NDArray[np.float64], c: NDArray[np.float64],
+                       shifted: NDArray[np.float64]) -> tuple[dict[str, NDArray[np.float64]], NDArray[np.intp]]:
+    """Linear model, every voxel at its best delay: parameters and flags at the chosen delay, (N,),
+    and the chosen delay's index, (N,).
+
+    The criterion is the residual of the solution reported for that delay: the forward model's
+    (``_forward``, after the fallbacks and the clipping to ``BOUNDS``). For Patlak that is the
+    normal-equation residual of the reported (Ktrans, vp) (the forward model is the same
+    trapezoid integral), recomputed from the curve only where ``_forward`` clips; for Tofts the
+    forward model is the exact convolution, whose residual differs from the integral form's
+    (its regressor, the tissue integral, is noisy), so it is evaluated, once per delay on the
+    shared AIF. Near-ties (~1e-12 relative) may pick another delay than a direct residual."""
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # flat curves: NaN, flagged as failed by fit()
+        params = _linear_delays(model, t, c, shifted)
+        sse = params.pop("sse", None)
+        if sse is None:
+            direct = np.ones((c.shape[0], shifted.shape[0]), dtype=bool)
+            sse = np.empty(direct.shape)
+        else:  # outside BOUNDS (or NaN), _forward evaluates the clipped parameters: their residual, from the curve
+            direct = ~np.all([(params[k] >= BOUNDS[k][0]) & (params[k] <= BOUNDS[k][1]) for k in ("ktrans", "vp")], axis=0)
+        for d, cp in enumerate(shifted):
+            rows = np.flatnonzero(direct[:, d])
+            if rows.size == 0:
+                continue
+            fitted = _forward(model, t, cp, {k: v[rows, d] for k, v in params.items()})
+            sse[rows, d] = np.sum((c[rows] - fitted) ** 2, axis=1)
+    sse = np.where(np.isfinite(sse), sse, np.inf)
+    pick = np.argmin(sse, axis=1)
+    chosen = np.arange(c.shape[0])
+    return {k: v[chosen, pick] for k, v in params.items()}, pick
 
 
 def _biexponential(fp: NDArray[np.float64], ps: NDArray[np.float64], vp: NDArray[np.float64], ve: NDArray[np.float64]) -> tuple[NDArray[np.float64], ...]:
@@ -341,15 +392,12 @@ def _forward(model: str, t: NDArray[np.float64], cp: NDArray[np.float64], p: dic
     return two_compartment_exchange(t, cp, safe["fp"], safe["ps"], safe["vp"], safe["ve"])
 
 
-def _fit_once(model: str, t: NDArray[np.float64], c: NDArray[np.float64], cp: NDArray[np.float64],
+def _fit_once(t: NDArray[np.float64], c: NDArray[np.float64], cp: NDArray[np.float64],
               group_size: int = 1) -> tuple[dict[str, NDArray[np.float64]], NDArray[np.float64]]:
-    """One fit per row of ``c``; ``cp`` is shared, (T,), or one input per row, (rows, T);
+    """2CXM, one fit per row of ``c``; ``cp`` is shared, (T,), or one input per row, (rows, T);
     ``group_size`` consecutive rows are one voxel's candidate delays."""
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # flat curves: NaN, flagged as failed below
-        if model == "2cxm":
-            return _two_cxm(t, c, cp, group_size)
-        params = _linear(model, t, c, cp)
-        return params, _forward(model, t, cp, params)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # flat curves: NaN, flagged as failed by fit()
+        return _two_cxm(t, c, cp, group_size)
 
 
 #: Rows x frames per batch: bounds the memory of the batched solvers (a few 100 MB at most).
@@ -361,9 +409,11 @@ def fit(t: ArrayLike, tissue: ArrayLike, aif: ArrayLike, model: str, *, delay: f
     """Fit ``model`` to every tissue curve (see module docstring for units and outputs).
 
     ``delay``: a fixed arterial delay in seconds (the AIF is shifted later by it), or ``"fit"``
-    to search ``delay_range_s`` in steps of ``delay_step_s`` per voxel: every (voxel, delay)
-    pair is one row of the same batched fit (so a single curve's whole delay search is one
-    vectorised solve), and each voxel keeps the delay with the smallest residual.
+    to search ``delay_range_s`` in steps of ``delay_step_s`` per voxel; each voxel keeps the delay
+    with the smallest residual of the solution reported there. Linear models solve all
+    (voxel, delay) pairs at once from products shared across voxels and delays
+    (``_linear_delays``); for 2CXM every (voxel, delay) pair is one row of the same batched fit
+    (so a single curve's whole delay search is one vectorised solve).
 
     Parameters outside their physical range (``BOUNDS``; for 2CXM, the search box) are clipped
     to it and flagged in ``at_bound``: such a value is a limit of the fit, not a measurement,
@@ -384,24 +434,34 @@ def fit(t: ArrayLike, tissue: ArrayLike, aif: ArrayLike, model: str, *, delay: f
     flags = {"reduced": np.zeros(n), "at_bound": np.zeros(n)}
     fitted_all = np.zeros_like(c)
     best = np.full(n, np.inf)
-    per_chunk = max(1, _BATCH_ELEMENTS // (t.size * delays.size))
+    linear = model != "2cxm"
+    # linear models hold (voxels, delays) arrays, nonlinear ones (voxels * delays, frames) rows
+    per_chunk = max(1, min(_BATCH_ELEMENTS // t.size, _BATCH_ELEMENTS // (8 * delays.size)) if linear else _BATCH_ELEMENTS // (t.size * delays.size))
     for start in range(0, n, per_chunk):
         sl = slice(start, min(n, start + per_chunk))
         m = sl.stop - sl.start
-        rows = np.repeat(c[sl], delays.size, axis=0)  # voxel-major: row v * D + d
-        cp_rows = shifted[0] if delays.size == 1 else np.tile(shifted, (m, 1))
-        params, fitted = _fit_once(model, t, rows, cp_rows, delays.size)
-        sse = np.sum((rows - fitted) ** 2, axis=1).reshape(m, delays.size)
-        sse = np.where(np.isfinite(sse), sse, np.inf)
-        pick = np.argmin(sse, axis=1)
-        chosen = np.arange(m) * delays.size + pick
-        best[sl] = sse[np.arange(m), pick]
+        if linear:
+            chosen_params, pick = _best_linear_delay(model, t, c[sl], shifted)
+            with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+                fitted_all[sl] = _forward(model, t, shifted[pick], chosen_params)
+            sse_best = np.sum((c[sl] - fitted_all[sl]) ** 2, axis=1)  # from the curve: no cancellation in the reported residual
+            best[sl] = np.where(np.isfinite(sse_best), sse_best, np.inf)
+        else:
+            rows = np.repeat(c[sl], delays.size, axis=0)  # voxel-major: row v * D + d
+            cp_rows = shifted[0] if delays.size == 1 else np.tile(shifted, (m, 1))
+            params, fitted = _fit_once(t, rows, cp_rows, delays.size)
+            sse = np.sum((rows - fitted) ** 2, axis=1).reshape(m, delays.size)
+            sse = np.where(np.isfinite(sse), sse, np.inf)
+            pick = np.argmin(sse, axis=1)
+            chosen = np.arange(m) * delays.size + pick
+            best[sl] = sse[np.arange(m), pick]
+            chosen_params = {k: v[chosen] for k, v in params.items()}
+            fitted_all[sl] = fitted[chosen]
         for k in names:
-            out[k][sl] = params[k][chosen]
+            out[k][sl] = chosen_params[k]
         out["delay"][sl] = delays[pick]
         for k in flags:
-            flags[k][sl] = params.get(k, np.zeros(rows.shape[0]))[chosen]
-        fitted_all[sl] = fitted[chosen]
+            flags[k][sl] = chosen_params.get(k, np.zeros(m))
     failed = ~np.isfinite(best)
     reduced_b = flags["reduced"] > 0
     at_bound = flags["at_bound"] > 0
