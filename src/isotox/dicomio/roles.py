@@ -110,6 +110,9 @@ def _ct_kind(s: Series) -> str:
     return "volume"
 
 
+_CT_KIND_TEXT = {"volume": "static volume CT", "average": "average CT", "phase": "4D CT phase"}
+
+
 def _ct_label(s: Series) -> str:
     contrast = "contrast" if str(s.first.get("ContrastBolusAgent", "")).strip() else "no contrast agent in header"
     return f"{s.description or '(no description)'}, {len(s.headers)} slices, {contrast}"
@@ -210,9 +213,10 @@ def assign_roles(index: PatientIndex, overrides: dict[str, str], patient: str) -
             if referenced:
                 why += " (the RTSTRUCT references a series that is not in the folder)"
             give("planning_ct", chosen.uid, f"{why} ({_ct_label(chosen)})")
-            for other in candidates:
-                if other.uid != chosen.uid:
-                    reasons.setdefault(other.uid, f"unused: {kinds[other.uid]} CT ({_ct_label(other)}); the planning CT is {chosen.description or chosen.uid}")
+    planning = series.get(roles.get("planning_ct", ""))
+    for s in cts:  # the other CTs of the planning study: the phases, a second volume
+        if planning is not None and s.uid not in reasons:
+            reasons[s.uid] = f"unused: {_CT_KIND_TEXT[kinds[s.uid]]} ({_ct_label(s)}); the planning CT is {planning.description or planning.uid}"
     for s in series.values():
         reasons.setdefault(s.uid, "unused: no role matched")
     return RoleAssignment(roles, reasons, tracers, uptake)

@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from numpy.typing import NDArray
@@ -23,7 +23,7 @@ from threadpoolctl import threadpool_limits
 
 from isotox.atomic import atomic_path, write_text
 from isotox.dicomio.contours import contours_from_field
-from isotox.dicomio.image_series import CT_IMAGE_STORAGE, CtFrame, PetAcquisition, write_ct_series, write_pet_series
+from isotox.dicomio.image_series import CT_IMAGE_STORAGE, CT_INTERCEPT, CtFrame, PetAcquisition, write_ct_series, write_pet_series
 from isotox.dicomio.modules import PatientStudy, SeriesInfo
 from isotox.dicomio.rtstruct_writer import ReferencedImages, RoiContours, write_rtstruct
 from isotox.dicomio.uids import stable_uid
@@ -32,6 +32,7 @@ from isotox.sample import appearance, scanner
 from isotox.sample.clinical import enrolment
 from isotox.sample.anatomy import TUMOUR_TISSUES, Anatomy, AnatomyParams, ArmsDown, Tissue, TumourShape, draw_anatomy
 from isotox.sample.breathing import Breathing, draw_breathing
+from isotox.sample.four_d import BreathingCycle, has_four_d
 from isotox.sample.kinetics import STEP_S, BloodPools, tissue_curve
 from isotox.sample.presets import Preset, get_preset
 from isotox.sample.timeline import at, da, dt, plus, tm
@@ -448,10 +449,22 @@ def _write_patient(out: Path, index: int, seed: int, preset: Preset) -> dict[str
         painters[f"frac:{name}"] = lambda s, n=name: (s.structures[n] < 0).astype(float)
     # the negated level sets at the voxel centres, for the contours and the planimetric volumes
     level_sets = {f"field:{name}": (lambda s, n=name: -s.structures[n]) for name in modelled}
+    cycle = BreathingCycle.draw(np.random.default_rng([seed, index, 37]), rib_a, rib_b, anatomy.y_vertebra, anatomy.y_posterior,
+                                params.tumour.centre) if has_four_d(index) else None
+    if cycle is not None:
+        painters.pop("hu")  # the planning CT is the average of the phases, rendered below
     rendered = scanner.render(planning, anatomy, None, painters, preset.planning_supersample, at_centres=level_sets)
     fields = {name: rendered.pop(f"field:{name}") for name in modelled}
-    ct_hu = rendered["hu"] + _noise(rng, preset.planning_noise_hu * look.noise_scale, planning.shape)
-    plan_series = SeriesInfo("CT", stable_uid(*key, "planning", "series"), 2, "Planning CT thorax (contrast)", da(planning_day), "081500.000000", plan_session.frame_uid)
+    planning_noise = _noise(rng, preset.planning_noise_hu * look.noise_scale, planning.shape)  # drawn either way: the later draws stay
+    description = "Planning CT thorax (contrast)"
+    if cycle is None:
+        ct_hu = rendered["hu"] + planning_noise
+    else:
+        description = "Planning CT thorax 4D AVE-IP (contrast)"
+        ct_hu = _write_four_d_phases(cycle, lambda name: folder("planning", name), planning, anatomy, look, preset,
+                                     who(plan_session), plan_session, key, np.random.default_rng([seed, index, 38]))
+    del planning_noise
+    plan_series = SeriesInfo("CT", stable_uid(*key, "planning", "series"), 2, description, da(planning_day), "081500.000000", plan_session.frame_uid)
     ct_sets = write_ct_series(folder("planning", "ct"), planning, [CtFrame(ct_hu, "081500.000000")], who(plan_session), plan_series, uid_key=(*key, "planning", "ct"))
 
     volumes = {name: _planimetric_volume_cc(anatomy, planning, name, field) for name, field in fields.items()}
@@ -604,13 +617,41 @@ def _write_patient(out: Path, index: int, seed: int, preset: Preset) -> dict[str
                          "vertebral_body_centre_xy": [0.0, float(anatomy.y_vertebra)], "vertebral_body_front_y": float(vertebra_front),
                          "superior_vena_cava_centre_xy": [float(v) for v in anatomy.svc_line[1, :2]]},
         "ct": {"vertebra_hu": look.vertebra_hu, "planning_blood_hu": {t.name.lower(): v for t, v in look.contrast_hu.items()},
-               "noise_scale": look.noise_scale, "planning_noise_hu": preset.planning_noise_hu * look.noise_scale},
+               "noise_scale": look.noise_scale,
+               "planning_noise_hu": preset.planning_noise_hu * look.noise_scale / (math.sqrt(cycle.phases) if cycle is not None else 1.0)},
+        "planning_ct": {"kind": "free-breathing"} if cycle is None else
+                       {"kind": "average (AVE-IP) of a 4D CT, written with its phases and a MIP", **cycle.truth(params.tumour.centre)},
         "structures": structures_truth, "tumour": tumour_truth, "sessions": session_truth, "perfusion": perfusion_truth,
         "hx4_injection_datetime": dt(hx4_injection),
     }
     log.info("%s: done", pid)
     (out / "ground_truth.json").write_text(json.dumps(truth, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return truth
+
+
+def _write_four_d_phases(cycle: BreathingCycle, folder: Callable[[str], Path], planning: ImageGrid, anatomy: Anatomy,
+                         look: appearance.CtLook, preset: Preset, who: PatientStudy, plan_session: Session, key: tuple[object, ...],
+                         rng: np.random.Generator) -> NDArray[np.float32]:
+    """Render and write the 4D CT's phase series and its MIP; return the average (the planning CT).
+
+    Each phase is a full scan with its own noise, so the average's noise is the phases' sd /
+    sqrt(phases), as a clinical AVE-IP's; it averages the phases as stored (whole HU, air clipped
+    at -1024), as the scanner does. One phase is held at a time (a realistic matrix is 126 MB)."""
+    total = np.zeros(planning.shape, np.float64)
+    peak = np.full(planning.shape, -np.inf, np.float32)
+    for k in range(cycle.phases):
+        hu = scanner.render(planning, anatomy, None, {"hu": lambda s: look.hu(s, contrast=True)}, preset.planning_supersample, cycle.phase(k))["hu"]
+        hu += _noise(rng, preset.planning_noise_hu * look.noise_scale, planning.shape)
+        hu = np.clip(np.rint(hu), CT_INTERCEPT, CT_INTERCEPT + 65535)  # the phase as stored: the scanner averages its images
+        series = SeriesInfo("CT", stable_uid(*key, "planning", "4d", k, "series"), 101 + k, f"Thorax 4D {cycle.label(k)} (contrast)",
+                            da(plan_session.day), "080500.000000", plan_session.frame_uid)
+        write_ct_series(folder(f"4d-{k}"), planning, [CtFrame(hu, "080500.000000")], who, series, uid_key=(*key, "planning", "4d", k))
+        total += hu
+        np.maximum(peak, hu, out=peak)
+    mip = SeriesInfo("CT", stable_uid(*key, "planning", "mip", "series"), 120, "Thorax 4D MIP (contrast)", da(plan_session.day), "081000.000000",
+                     plan_session.frame_uid)
+    write_ct_series(folder("4d-mip"), planning, [CtFrame(peak, "081000.000000")], who, mip, uid_key=(*key, "planning", "mip"))
+    return (total / cycle.phases).astype(np.float32)
 
 
 def _grid_points(grid: ImageGrid) -> NDArray[np.float64]:
