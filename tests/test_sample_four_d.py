@@ -20,7 +20,7 @@ from isotox.dicomio.roles import assign_roles
 from isotox.sample.patient import write_sample_patient
 
 SEED = 20240601
-INDEX = 4  # isotox.sample.four_d.has_four_d: patients 4, 12, ...
+INDEX = 4  # isotox.sample.four_d.has_four_d: patients 4, 16, ...
 AVERAGE = "Planning CT thorax 4D AVE-IP (contrast)"
 
 
