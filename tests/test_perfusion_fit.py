@@ -201,3 +201,29 @@ def test_two_compartment_fit_at_a_bound_is_clipped_and_flagged() -> None:
     assert result.at_bound.tolist() == [True, False]
     assert result["fp"][0] == pytest.approx(500.0, rel=1e-3)
     _assert_osipi("fp", result["fp"][1:], np.array([60.0]))
+
+
+@pytest.mark.parametrize("kd", [1e-9, 3e-7, 1.1e-6, 1e-3, 0.049, 0.051, 0.5, 4.0])
+def test_segment_weights_match_quadrature_on_both_sides_of_the_series(kd: float) -> None:
+    """The exact piecewise-linear convolution weights against scipy quadrature of their defining
+    integral, at rate x interval both below the 0.05 switch to the series and above it.
+
+    Nearest wrong answers: the series' start and end weights swapped (an earlier bug) moves each
+    weight by kd dt / 6, relative kd / 3 (3.7e-7 at kd = 1.1e-6); the closed form used at small kd
+    (the earlier switch at 1e-6) is 1.2e-4 off at kd = 1.1e-6. The tolerance, rel 1e-9 + abs 1e-14 s,
+    rejects both.
+    """
+    from scipy.integrate import quad
+
+    from isotox.perfusion.kinetics import _segment_coefficients
+
+    dt = 2.0
+    k = kd / dt
+    decay, wa, wb = _segment_coefficients(np.array([[k]]), np.array([dt]))
+    start = quad(lambda u: (1.0 - u / dt) * np.exp(-k * (dt - u)), 0.0, dt, epsabs=1e-15, epsrel=1e-13)[0]
+    end = quad(lambda u: (u / dt) * np.exp(-k * (dt - u)), 0.0, dt, epsabs=1e-15, epsrel=1e-13)[0]
+    assert decay[0, 0] == pytest.approx(np.exp(-kd), rel=1e-12)
+    assert wa[0, 0] == pytest.approx(start, rel=1e-9, abs=1e-14)
+    assert wb[0, 0] == pytest.approx(end, rel=1e-9, abs=1e-14)
+    if kd > 1e-7:
+        assert abs(end - start) > 1e-3 * kd * dt  # the swap would be visible at this tolerance

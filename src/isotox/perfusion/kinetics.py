@@ -12,20 +12,38 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 
+#: Rate x interval below which the segment weights use their series (see ``_segment_coefficients``).
+SERIES_BELOW = 0.05
+
+
 def _segment_coefficients(k: NDArray[np.float64], dt: NDArray[np.float64]) -> tuple[NDArray[np.float64], ...]:
     """Per rate (rows, 1) and frame interval (n,): the decay ``exp(-k dt)`` and the weights of a
     segment's start and end values in its exact integral against the kernel.
 
-    ``∫_0^dt (a + (b - a) u / dt) exp(-k (dt - u)) du = wa a + wb b``; a series replaces the
-    closed form where ``k dt`` is tiny (the closed form cancels there).
+    ``∫_0^dt (a + (b - a) u / dt) exp(-k (dt - u)) du = wa a + wb b``. The closed form loses
+    digits as ``x = k dt`` falls (its numerator is ~x^2/2: at x = 1e-6 only 4 digits are left), so
+    below x = 0.05 the weights come from their Taylor series,
+    ``wa = dt Σ (-x)^n / (n! (n + 2))`` and ``wb = dt Σ (-x)^n / (n! (n + 1) (n + 2))``; eight terms
+    leave < 1e-13 relative there, and the closed form keeps > 12 digits above it.
     """
     kd = k * dt
     decay = np.exp(-kd)
-    small = kd < 1e-6
+    small = kd < SERIES_BELOW
     kk = np.where(small, 1.0, k)
     tail = (1.0 - decay * (1.0 + kd)) / (kk * kk * dt)
-    wb = np.where(small, dt / 2.0 - k * dt * dt / 3.0, (1.0 - decay) / kk - tail)
-    wa = np.where(small, dt / 2.0 - k * dt * dt / 6.0, tail)
+    wa = np.where(small, 0.0, tail)
+    wb = np.where(small, 0.0, (1.0 - decay) / kk - tail)
+    if np.any(small):
+        x = np.where(small, kd, 0.0)
+        term = np.ones_like(x)  # (-x)^n / n!
+        sa = np.zeros_like(x)
+        sb = np.zeros_like(x)
+        for n in range(8):
+            sa += term / (n + 2)
+            sb += term / ((n + 1) * (n + 2))
+            term = term * (-x) / (n + 1)
+        wa = np.where(small, dt * sa, wa)
+        wb = np.where(small, dt * sb, wb)
     return decay, wa, wb
 
 
