@@ -17,7 +17,10 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 SAMPLE_SEED = 20240101
-SAMPLE_PATIENTS = 2
+#: Four patients: together they hold every case the accuracy tests must meet: AORTA contoured and
+#: not (the aorta found on the CT), lungs contoured and not (CT lungs), a 4D planning CT (SAMPLE004),
+#: breathing shifts of 5-13 mm and a PET field of view that ends inside the aorta (SAMPLE003).
+SAMPLE_PATIENTS = 4
 
 
 def run_snakemake(*args: str, cwd: Path = REPO, check: bool = True, timeout: int = 1800) -> subprocess.CompletedProcess[str]:

@@ -49,7 +49,8 @@ def _pose(session_truth: dict) -> RigidTransform:
 def test_every_file_reads_without_force_and_series_are_complete(patients: list[dict]) -> None:
     for p in patients:
         modalities = sorted(items[0][1].Modality for items in p["series"].values())
-        assert modalities == ["CT"] * 5 + ["PT"] * 6 + ["RTSTRUCT"]  # each PET study: AC and NAC
+        four_d = p["truth"]["planning_ct"].get("phases", 0) + 1 if p["truth"]["planning_ct"]["kind"] != "free-breathing" else 0  # phases + MIP
+        assert modalities == ["CT"] * (5 + four_d) + ["PT"] * 6 + ["RTSTRUCT"]  # each PET study: AC and NAC
         for items in p["series"].values():
             ds = items[0][1]
             assert {str(d.PatientID) for _, d in items} == {p["truth"]["patient_id"]}

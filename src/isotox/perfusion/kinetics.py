@@ -11,7 +11,6 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-
 #: Rate x interval below which the segment weights use their series (see ``_segment_coefficients``).
 SERIES_BELOW = 0.05
 

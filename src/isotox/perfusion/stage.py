@@ -35,6 +35,7 @@ from isotox.images import array, body_mask, centroid_mm, like, read_image, resam
 from isotox.perfusion.curves import arterial_input, bolus_arrival_s, detect_baseline_frames, enhancement, find_aif_roi  # noqa: E402
 from isotox.perfusion.fit import MODELS, PARAMETERS, fit  # noqa: E402
 from isotox.perfusion.flow import max_slope_flow  # noqa: E402
+from isotox.perfusion.uncertainty import MAX_CI_FACTOR, ci95_factors, undetermined  # noqa: E402
 from isotox.qcplots import three_planes  # noqa: E402
 from isotox.registration.dce import frames_of  # noqa: E402
 from isotox.segmentation.margins import expand, shrink  # noqa: E402
@@ -229,8 +230,20 @@ def perfusion_patient(patient_dir: str | Path, settings: PerfusionSettings | Non
         mean_curve = enh_raw[:, tumour_dce].mean(axis=1)
         for model in settings.models:
             r = fit(t, mean_curve, plasma, model, delay=delay, delay_range_s=(0.0, settings.delay_max_s))
-            roi_fits.append({"region": "GTV", "curve": "ROI mean", "model": model, **{k: float(v[0]) for k, v in r.params.items()}, "r2": float(r.r2[0]),
-                             "at_bound": bool(r.at_bound[0])})
+            values = {k: float(v[0]) for k, v in r.params.items()}
+            factors = ci95_factors(t, mean_curve, plasma, model, values, values["delay"], delay == "fit")
+            loose = undetermined(factors)
+            delay_at_edge = delay == "fit" and values["delay"] in (0.0, settings.delay_max_s)
+            if delay_at_edge:
+                flags.append(f"GTV ROI {model}: the fitted delay sits at the edge of the search ({values['delay']:g} s of "
+                             f"0-{settings.delay_max_s:g} s): the best fit lies outside it (input before the AIF, or partial "
+                             "volume with lung); marked at_bound: a limit of the search, not a measurement")
+            roi_fits.append({"region": "GTV", "curve": "ROI mean", "model": model, **values, "r2": float(r.r2[0]),
+                             "at_bound": bool(r.at_bound[0]) or delay_at_edge, "delay_at_search_edge": delay_at_edge,
+                             "undetermined": ",".join(loose), **{f"{k}_ci95_factor": f for k, f in factors.items()}})
+            if loose:
+                flags.append(f"GTV ROI {model}: {', '.join(loose)} not determined by the curve (95 % interval wider than a factor "
+                             f"{MAX_CI_FACTOR:g} either way): reported with its interval, not as a measurement")
         roi_fits.append({"region": "GTV", "curve": "ROI mean", "model": "maxslope", "bf": float(max_slope_flow(t, mean_curve[None, :], aif.blood_hu)[0])})
     summary = {"patient_id": patient, "settings": asdict(settings), "frames": int(len(t)), "baseline_frames": int(n_base),
                "aif": {"source": aif.source, "voxels": int(aif.mask.sum()), "peak_blood_hu": aif.peak_hu, "time_to_peak_s": aif.time_to_peak_s,

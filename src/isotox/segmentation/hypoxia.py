@@ -14,11 +14,16 @@ from numpy.typing import NDArray
 from isotox.segmentation.margins import shrink
 
 
-def blood_suv(suv: NDArray[np.floating], aorta: NDArray[np.bool_], spacing_xyz: tuple[float, float, float], erode_mm: float = 6.0) -> float:
-    """Mean SUV of the eroded aorta ROI (the whole ROI if erosion leaves too little)."""
+def blood_roi(aorta: NDArray[np.bool_], spacing_xyz: tuple[float, float, float], erode_mm: float = 6.0) -> NDArray[np.bool_]:
+    """The aorta ROI eroded by ``erode_mm`` (the whole ROI if erosion leaves fewer than 10 voxels)."""
     core = shrink(aorta, spacing_xyz, erode_mm)
-    roi = core if core.sum() >= 10 else aorta
-    return float(np.mean(np.asarray(suv, dtype=float)[roi]))
+    return core if core.sum() >= 10 else aorta
+
+
+def blood_suv(suv: NDArray[np.floating], aorta: NDArray[np.bool_], spacing_xyz: tuple[float, float, float], erode_mm: float = 6.0) -> float:
+    """Mean SUV of the eroded aorta ROI; NaN voxels (outside the PET's field of view) do not count."""
+    values = np.asarray(suv, dtype=float)[blood_roi(aorta, spacing_xyz, erode_mm)]
+    return float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
 
 
 def hypoxia_metrics(tbr: NDArray[np.floating], tumour: NDArray[np.bool_], voxel_cc: float, threshold: float) -> tuple[NDArray[np.bool_], dict[str, float]]:
