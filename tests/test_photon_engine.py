@@ -73,12 +73,22 @@ def test_commissioning_fits_its_points_and_leaves_pdd10_out(model: BeamModel) ->
 
 
 def test_water_10x10_depth_of_maximum_and_pdd10(model: BeamModel) -> None:
+    """PDD(10 cm) of the 10 x 10 field against the published 67.0 % within 2 % of it: a prediction,
+    since 10 cm is left out of the commissioning points (asserted in the test above); the nearest
+    wrong answers, the PDD(10) of the 5 x 5 or the 20 x 20 field (63.0 %, 71.0 %), are outside it.
+
+    The depth of maximum is *not* an accuracy check: ``d_max_cm`` is a commissioning input (the
+    build-up constant is solved to put the maximum there), so this only asserts that the traced
+    dose honours it, to the 1 mm sampling plus the 2 mm CT grid (nearest wrong answer: a maximum at
+    the surface or at the build-up constant's own depth, > 3 mm away)."""
     depths, dose = _axis_dose(model, _water())
     pdd = 100.0 * dose / dose.max()
     d_max = depths[np.argmax(dose)]
-    assert abs(d_max - 15.0) <= 3.0, d_max  # 1.5 cm +- 3 mm (published 1.4-1.6 cm, 0.5 mm sampling, 2 mm CT grid)
+    configured = 10.0 * float(yaml.safe_load(BEAM_FILE.read_text())["d_max_cm"])
+    assert abs(d_max - configured) <= 3.0, (d_max, configured)
     pdd10 = float(np.interp(100.0, depths, pdd))
     assert abs(pdd10 - 67.0) / 67.0 <= 0.02, pdd10  # the issue's tolerance: 2 % of the published value
+    assert all(abs(wrong - 67.0) / 67.0 > 0.02 for wrong in (63.0, 71.0))
 
 
 def test_trs398_relation_between_tpr20_10_and_pdd20_10(model: BeamModel) -> None:

@@ -112,12 +112,53 @@ def test_workflow_plans_every_sample_patient(sample_run: Path) -> None:
             assert (patient_dir / "plan" / name).is_file(), name
         assert plan["feasible"] and plan["dose_source"] == "engine"
         coverage = plan["coverage"]["PTV"]
-        assert coverage["D95_percent"] >= 93.0  # sub-voxel DVH; the NNLS normalisation aims at 95 % on dose-grid voxels
+        assert coverage["D95_percent"] >= 95.0  # ICRU 50/62: the prescribed plan's sub-voxel DVH
         assert plan["radiobiology"]["eqd2_prescription_gy"] == pytest.approx(
             plan["prescribed_dose_gy"] * (plan["dose_per_fraction_gy"] + 10) / 12)
         # beamlet weights reach the ICRU 50/62 window on the dose-grid voxels of every unit plan
         for name, unit in plan["unit_plans"].items():
             assert unit["optimisation"]["meets_d95_95"] and unit["optimisation"]["meets_dmax_107"], (patient_dir.name, name, unit["optimisation"])
+
+
+def _dose_at_mask_voxels(dose: sitk.Image, mask: sitk.Image) -> np.ndarray:
+    """Dose (trilinear) at the centre of every voxel of ``mask``: a deliberately plain sampling,
+    written here (index -> LPS by origin/spacing/direction, LPS -> dose index by solving the dose
+    grid's affine), sharing nothing with isotox's DVH code."""
+    from scipy.ndimage import map_coordinates
+
+    ijk = np.argwhere(sitk.GetArrayFromImage(mask) > 0)[:, ::-1].astype(float)
+    to_lps = np.array(mask.GetDirection()).reshape(3, 3) * np.array(mask.GetSpacing())
+    lps = np.array(mask.GetOrigin()) + ijk @ to_lps.T
+    dose_affine = np.array(dose.GetDirection()).reshape(3, 3) * np.array(dose.GetSpacing())
+    index = np.linalg.solve(dose_affine, (lps - np.array(dose.GetOrigin())).T)
+    return map_coordinates(sitk.GetArrayFromImage(dose).astype(float), index[::-1], order=1, mode="nearest")
+
+
+def test_ptv_coverage_against_an_independent_voxel_sampling(sample_run: Path) -> None:
+    """PTV coverage of every sample plan recomputed here from ``dose/prescribed.nii.gz`` and the PTV
+    mask at the mask's voxel centres: D95 >= 95 % of the PTV reference dose (ICRU 50/62) and within
+    1 percentage point of plan.json's sub-voxel DVH (the two samplings differ by <= 0.6 points on
+    the 4 patients). Each unit plan, normalised to its own median: D95 >= 94 % on the target's
+    voxel centres (the optimiser's 95 % holds on the dose-grid voxels; the planning-grid rim reads
+    up to 0.6 points lower: SAMPLE004 base 94.4 %).
+
+    Nearest wrong answer: the plan normalised to its maximum instead of the target median (ICRU 83):
+    D95 / Dmax is 86-93 % here, below 95 % (asserted)."""
+    for _, patient_dir in sample_patients(sample_run):
+        plan = json.loads((patient_dir / "plan" / "plan.json").read_text())
+        masks = patient_dir / "segment" / "masks"
+        dose = sitk.ReadImage(str(patient_dir / "plan" / "dose" / "prescribed.nii.gz"))
+        values = _dose_at_mask_voxels(dose, sitk.ReadImage(str(masks / "PTV.nii.gz")))
+        reference = plan["coverage"]["PTV"]["reference_gy"]
+        d95 = 100.0 * float(np.percentile(values, 5)) / reference
+        assert d95 >= 95.0, (patient_dir.name, d95)
+        assert abs(d95 - plan["coverage"]["PTV"]["D95_percent"]) <= 1.0, (patient_dir.name, d95, plan["coverage"]["PTV"])
+        assert 100.0 * float(np.percentile(values, 5)) / float(values.max()) < 95.0, patient_dir.name
+        for unit, target in (("base", "PTV"), ("boost_A", "PTV_BOOST_A"), ("boost_B", "PTV_BOOST_B")):
+            unit_values = _dose_at_mask_voxels(sitk.ReadImage(str(patient_dir / "plan" / "dose" / f"{unit}_unit.nii.gz")),
+                                               sitk.ReadImage(str(masks / f"{target}.nii.gz")))
+            unit_d95 = 100.0 * float(np.percentile(unit_values, 5)) / float(np.median(unit_values))
+            assert unit_d95 >= 94.0, (patient_dir.name, unit, unit_d95)
 
 
 def test_search_agrees_with_brute_force_on_the_sample_cohort(sample_run: Path) -> None:
