@@ -5,7 +5,7 @@ Writes ``aif.tsv`` and ``qc/aif.png`` (the arterial input, blood and plasma), ``
 ``{model}_failed``, ``{model}_at_bound`` (1 where a parameter was clipped to its bound),
 ``bf_maxslope``), ``tumour_perfusion.tsv`` (per tumour region and parameter: voxels, coverage
 by the slab, median, mean, IQR over the voxels *not* at a bound, failed and at-bound
-fractions), ``tumour_roi_fits.tsv`` (the ROI-mean-curve fits, with an ``at_bound`` column),
+fractions), ``tumour_roi_fits.tsv`` (the ROI-mean-curve fits, with ``at_bound``, ``undetermined`` and 95 % interval columns),
 ``perfusion.json`` and ``qc/ktrans.png``.
 
 Fits run on the motion-corrected DCE grid (where the data are) and the maps are carried onto
