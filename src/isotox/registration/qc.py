@@ -53,10 +53,12 @@ def registration_error_mm(transform: sitk.Transform, true_affine: list[list[floa
 
 
 def inverse_consistency_mm(fixed: sitk.Image, moving: sitk.Image, forward: sitk.Transform, settings: RegistrationSettings,
-                           fixed_body: NDArray[np.bool_], moving_body: NDArray[np.bool_], n_points: int = 2000) -> float:
+                           fixed_body: NDArray[np.bool_], moving_body: NDArray[np.bool_], n_points: int = 2000,
+                           moving_bone: NDArray[np.bool_] | None = None) -> float:
     """Mean |B(F(x)) - x| over body points x of the fixed image, B registered independently by the
-    same global stage the other way round (bone found on the same, moving = non-contrast, CT)."""
-    backward = register_bony(moving, fixed, settings, moving_body, fixed_body, bone_on="fixed").transform
+    same global stage the other way round (bone found on the same, moving = non-contrast, CT;
+    ``moving_bone``: that bone region when the forward stage already found it)."""
+    backward = register_bony(moving, fixed, settings, moving_body, fixed_body, bone_on="fixed", bone=moving_bone).transform
     points = sample_points(fixed, fixed_body, n_points, settings.seed)
     round_trip = np.array([backward.TransformPoint(forward.TransformPoint(tuple(p))) for p in points])
     return float(np.linalg.norm(round_trip - points, axis=1).mean())
@@ -75,10 +77,13 @@ def lung_overlap(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transfor
 
 def assess(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform, metric: float, iterations: int,
            settings: RegistrationSettings, fixed_body: NDArray[np.bool_], moving_body: NDArray[np.bool_],
-           target: NDArray[np.bool_] | None = None, fixed_lungs: NDArray[np.bool_] | None = None) -> RegistrationQc:
+           target: NDArray[np.bool_] | None = None, fixed_lungs: NDArray[np.bool_] | None = None,
+           moving_bone: NDArray[np.bool_] | None = None) -> RegistrationQc:
     """All QC figures and the flags they raise (thresholds from the config's registration.qc).
 
-    ``fixed_lungs``: the planning CT's lungs, when the caller assesses several sessions against it.
+    ``fixed_lungs``: the planning CT's lungs, when the caller assesses several sessions against it;
+    ``moving_bone``: the moving CT's bone region found by the forward bony stage (reused by the
+    inverse-consistency check).
     """
     flags: list[str] = []
     common = inside_image(moving, fixed, transform)
@@ -88,7 +93,7 @@ def assess(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform, met
         flags.append(f"the moving scan covers only {100 * share:.0f} % of the target (GTV) after registration")
     if fov < 0.2:
         flags.append(f"the moving scan overlaps only {100 * fov:.0f} % of the planning CT body after registration")
-    ice = inverse_consistency_mm(fixed, moving, transform, settings, fixed_body, moving_body) if settings.inverse_consistency else None
+    ice = inverse_consistency_mm(fixed, moving, transform, settings, fixed_body, moving_body, moving_bone=moving_bone) if settings.inverse_consistency else None
     if ice is not None and ice > settings.max_inverse_consistency_mm:
         flags.append(f"inverse-consistency error {ice:.1f} mm > {settings.max_inverse_consistency_mm} mm")
     fixed_lungs = lung_mask(fixed, fixed_body) if fixed_lungs is None else fixed_lungs

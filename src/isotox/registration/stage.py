@@ -101,7 +101,7 @@ def _register_pet_session(session: str, ingest: Path, out: Path, planning: sitk.
         transform, metric = refine_bspline(planning, ct, rigid.transform, settings, planning_body)
         record["deformable"] = {"metric": metric, "mesh_mm": settings.bspline_mesh_mm}
         record["transform_used"] = "deformable"
-    qc = assess(planning, ct, transform, metric, rigid.iterations, settings, planning_body, ct_body, target, planning_lungs)
+    qc = assess(planning, ct, transform, metric, rigid.iterations, settings, planning_body, ct_body, target, planning_lungs, moving_bone=rigid.bone)
     sitk.WriteTransform(transform, str(out / f"{session}_global.tfm"))
     if focus is not None and target is not None:
         cpu = time.process_time()
