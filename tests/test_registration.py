@@ -17,12 +17,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from scipy import ndimage
 
 from tests.conftest import sample_patients
 from isotox.cli import main as cli_main
 from isotox.images import body_mask, read_image, resample_to
 from isotox.registration.qc import assess, registration_error_mm
-from isotox.registration.rigid import RegistrationSettings, register_rigid
+from isotox.registration.rigid import RegistrationSettings, bone_region, register_rigid
 
 SESSIONS = ("fdg", "hx4_2h", "hx4_4h")
 
@@ -198,3 +199,25 @@ def test_working_resolution_averages_fine_ct_without_moving_it() -> None:
     assert shift <= 0.5 * 1.954
     same, same_mask = working_resolution(image, mask, 0.5)
     assert same is image and same_mask is mask
+
+
+def test_bone_region_equals_the_whole_grid_distance_transform() -> None:
+    """bone_region grows the bone on its bounding box only; the reference is a separate whole-grid
+    Euclidean distance transform (scipy, thresholded at the margin) on an anisotropic CT with bone
+    pieces near the grid's edges. Nearest wrong answer: a margin in voxels instead of millimetres
+    (10 voxels of 0.8 mm in-plane) grows the bone visibly less and must differ (asserted)."""
+    rng = np.random.default_rng(7)
+    hu = np.full((24, 60, 60), 0.0, dtype=np.float32)
+    hu[3:9, 2:10, 40:50] = 800.0  # near the grid's edge
+    hu[12:20, 30:40, 20:28] = 700.0
+    hu += rng.normal(0.0, 5.0, hu.shape).astype(np.float32)
+    ct = sitk.GetImageFromArray(hu)
+    ct.SetSpacing((0.8, 0.8, 2.5))
+    body = np.ones(hu.shape, dtype=bool)
+    body[:, :, :3] = False
+    found = bone_region(ct, body, 150.0, 10.0)
+    smooth = sitk.GetArrayFromImage(sitk.SmoothingRecursiveGaussian(ct, 1.5)) > 150.0
+    reference = (ndimage.distance_transform_edt(~smooth, sampling=(2.5, 0.8, 0.8)) <= 10.0) & body
+    assert np.array_equal(found, reference)
+    in_voxels = (ndimage.distance_transform_edt(~smooth) <= 10.0) & body
+    assert not np.array_equal(found, in_voxels)

@@ -240,8 +240,7 @@ def register_bony(fixed: sitk.Image, moving: sitk.Image, settings: RegistrationS
         return register_rigid(fixed, moving, settings, fixed_body, moving_body, initial=start)
     body = register_rigid(fixed, moving, coarse_settings(settings), fixed_body, moving_body, initial=start)
     if bone_on == "fixed":
-        region = bone if bone is not None else bone_region(bone_image or fixed, fixed_body, settings.bone_hu, settings.bone_margin_mm)
-        on_fixed = region
+        region = on_fixed = bone if bone is not None else bone_region(bone_image or fixed, fixed_body, settings.bone_hu, settings.bone_margin_mm)
     else:
         region = bone if bone is not None else bone_region(bone_image or moving, moving_body, settings.bone_hu, settings.bone_margin_mm)
         carried = sitk.Resample(mask_image(moving, region), fixed, body.transform, sitk.sitkNearestNeighbor, 0)
