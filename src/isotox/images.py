@@ -154,4 +154,10 @@ def sample_points(image: sitk.Image, mask: NDArray[np.bool_], n: int, seed: int 
 
 
 def centroid_mm(image: sitk.Image, mask: NDArray[np.bool_]) -> NDArray[np.float64]:
-    return physical_points(image, mask).mean(axis=0)
+    """The mask's centre of mass in mm: the mean voxel index from the mask's three axis profiles,
+    mapped once (the index-to-mm map is affine), without listing every voxel (listing a 512 x 512
+    body mask's voxels took ~0.4 s a call in the registration's initialiser)."""
+    others = [tuple(a for a in range(mask.ndim) if a != axis) for axis in range(mask.ndim)]
+    kji = np.array([np.dot(np.arange(n, dtype=np.float64), mask.sum(axis=rest, dtype=np.int64))
+                    for n, rest in zip(mask.shape, others, strict=True)]) / np.count_nonzero(mask)
+    return np.asarray(image.TransformContinuousIndexToPhysicalPoint([float(v) for v in kji[::-1]]))

@@ -30,7 +30,7 @@ import SimpleITK as sitk
 from numpy.typing import NDArray
 from scipy import ndimage
 
-from isotox.images import mask_image
+from isotox.images import centroid_mm, mask_image
 from isotox.segmentation.margins import expand
 
 
@@ -172,11 +172,6 @@ MIN_LEVEL_VOXELS = 64
 MIN_SAMPLES = 200
 
 
-def _centroid_mm(image: sitk.Image, mask: NDArray[np.bool_]) -> NDArray[np.float64]:
-    kji = np.argwhere(mask).mean(axis=0)
-    return np.asarray(image.TransformContinuousIndexToPhysicalPoint([float(v) for v in kji[::-1]]))
-
-
 def bone_region(ct: sitk.Image, body: NDArray[np.bool_], hu: float = 150.0, margin_mm: float = 10.0, min_cc: float = 1.0) -> NDArray[np.bool_]:
     """Bone of a CT grown by ``margin_mm``, inside the body: the bony registration's metric region.
 
@@ -203,7 +198,7 @@ def centred_start(fixed: sitk.Image, moving: sitk.Image, fixed_mask: NDArray[np.
     cranio-caudal centroid depends on each scan's field of view, so z starts from the scanners' frames)."""
     tx = sitk.Euler3DTransform()
     if fixed_mask.any() and moving_mask.any():
-        shift = _centroid_mm(moving, moving_mask) - _centroid_mm(fixed, fixed_mask)
+        shift = centroid_mm(moving, moving_mask) - centroid_mm(fixed, fixed_mask)
         tx.SetTranslation((float(shift[0]), float(shift[1]), 0.0))
     return tx
 
@@ -279,6 +274,12 @@ def _best_of_z_starts(fixed: sitk.Image, moving: sitk.Image, settings: Registrat
     -1.135 one level off and -0.65 stalled between (the full level agreed: -1.015, -0.989, -0.46).
     The winner's result equals a full refinement from its start (the same levels, the same samples)."""
     coarse = replace(settings, shrink_factors=settings.shrink_factors[:1], smoothing_sigmas_mm=settings.smoothing_sigmas_mm[:1])
+    # every start and the winner's finer levels use the same working-resolution images: shrink them
+    # once here (register_rigid's own shrink is then a no-op: the voxels are already >= the spacing)
+    fixed, shrunk_fixed_mask = working_resolution(fixed, fixed_mask, settings.working_spacing_mm)
+    moving, shrunk_moving_mask = working_resolution(moving, moving_mask, settings.working_spacing_mm)
+    assert shrunk_fixed_mask is not None and shrunk_moving_mask is not None
+    fixed_mask, moving_mask = shrunk_fixed_mask, shrunk_moving_mask
     best: tuple[float, RigidResult] | None = None
     iterations = 0
     for dz in sorted(z_starts_mm, key=abs):
@@ -347,13 +348,13 @@ def register_rigid(fixed: sitk.Image, moving: sitk.Image, settings: Registration
     moving_f = sitk.Cast(moving, sitk.sitkFloat32)
     tx = sitk.Euler3DTransform()
     if fixed_mask is not None:
-        tx.SetCenter(tuple(_centroid_mm(fixed, fixed_mask)))
+        tx.SetCenter(tuple(centroid_mm(fixed, fixed_mask)))
     if initial is not None:  # same mapping, re-expressed about our centre: t = T(c) - c
         start = sitk.Euler3DTransform(initial)
         tx.SetRotation(start.GetAngleX(), start.GetAngleY(), start.GetAngleZ())
         tx.SetTranslation(tuple(np.asarray(initial.TransformPoint(tx.GetCenter())) - np.asarray(tx.GetCenter())))
     elif fixed_mask is not None and moving_mask is not None and fixed_mask.any() and moving_mask.any():
-        shift = _centroid_mm(moving, moving_mask) - _centroid_mm(fixed, fixed_mask)
+        shift = centroid_mm(moving, moving_mask) - centroid_mm(fixed, fixed_mask)
         tx.SetTranslation((float(shift[0]), float(shift[1]), 0.0))
     levels: list[float] = []
     iterations = 0
